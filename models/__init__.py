@@ -1,0 +1,1 @@
+"""Pure PyTorch/numpy side of seqstream: never imports Kafka or Faust."""

@@ -1,0 +1,1 @@
+"""Kafka and Faust wiring for seqstream: thin code around the pure functions in `models`."""

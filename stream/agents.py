@@ -1,0 +1,174 @@
+"""ingest -> order -> batch -> score -> publish, as one faust agent.
+
+The agent takes micro-batches with `take_events` (bounded size and wait). Per batch:
+decode and validate (bad input -> dead-letter), read each user's state from the table, score
+the whole batch in a single-thread executor (torch blocks), then write states and send
+predictions back on the event loop.
+
+faust only lets a table be read or written while a "current event" is set (it picks the
+RocksDB partition from it), and a take() batch has none; we set it per user to one of that
+user's events, which is the same partition by co-partitioning.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import msgpack
+from faust.streams import _current_event  # the contextvar faust's tables read
+
+from stream.app import Wiring
+from stream.config import Settings
+from stream.events import Event, Invalid, decode_event, dead_letter_headers, dead_letter_value, user_key
+from stream.scoring import Scorer
+from stream.state import UserState, decode_state, encode_state
+
+log = logging.getLogger("seqstream.worker")
+
+
+@dataclass
+class WorkerMetrics:
+    events_in: int = 0
+    predictions: int = 0
+    dead_letter: Counter = field(default_factory=Counter)
+    late: int = 0
+    batches: int = 0
+    batch_seconds: float = 0.0
+    state_bytes: int = 0  # sum of encoded state sizes written (for bytes/user)
+    state_writes: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "events_in": self.events_in,
+            "predictions": self.predictions,
+            "dead_letter": dict(self.dead_letter),
+            "late": self.late,
+            "batches": self.batches,
+            "mean_batch_ms": round(1000 * self.batch_seconds / max(self.batches, 1), 2),
+            "mean_state_bytes": round(self.state_bytes / max(self.state_writes, 1), 1),
+            "events_per_s": round(self.events_in / elapsed, 1),
+        }
+
+
+def _set_current_event(event: Any) -> None:
+    _current_event.set(weakref.ref(event) if event is not None else None)
+
+
+class ScoringPipeline:
+    def __init__(self, settings: Settings, wiring: Wiring, scorer: Scorer) -> None:
+        self.settings = settings
+        self.wiring = wiring
+        self.scorer = scorer
+        self.metrics = WorkerMetrics()
+        # torch releases the GIL, but the model must see one batch at a time
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
+
+    def decode(self, batch: Sequence[Any]) -> tuple[list[tuple[Event, Any]], list[Invalid]]:
+        valid: list[tuple[Event, Any]] = []
+        invalid: list[Invalid] = []
+        for fev in batch:
+            msg = fev.message
+            result = decode_event(msg.key, msg.value, topic=msg.topic, partition=msg.partition,
+                                  offset=msg.offset, prefix=self.settings.prefix,
+                                  max_value_bytes=self.settings.max_value_bytes)
+            if isinstance(result, Invalid):
+                invalid.append(result)
+            else:
+                valid.append((result, fev))
+        return valid, invalid
+
+    async def send_dead_letter(self, bad: Invalid) -> None:
+        self.metrics.dead_letter[bad.reason] += 1
+        await self.wiring.dead_letter.send(key=bad.key, value=dead_letter_value(bad),
+                                           headers=dead_letter_headers(bad))
+
+    def load_states(self, valid: list[tuple[Event, Any]]) -> tuple[dict[int, UserState], dict[int, Any]]:
+        states: dict[int, UserState] = {}
+        last_event: dict[int, Any] = {}
+        table = self.wiring.states
+        for ev, fev in valid:
+            last_event[ev.user_id] = fev
+            if ev.user_id in states:
+                continue
+            _set_current_event(fev)
+            raw = table.get(user_key(ev.user_id))
+            if raw is not None:
+                try:
+                    states[ev.user_id] = decode_state(raw)
+                except Exception:  # a state we cannot read must not stop the partition
+                    log.exception("unreadable state for user %s; starting fresh", ev.user_id)
+        return states, last_event
+
+    def store_states(self, states: dict[int, UserState], last_event: dict[int, Any]) -> None:
+        table = self.wiring.states
+        for user_id, st in states.items():
+            _set_current_event(last_event[user_id])
+            data = encode_state(st)
+            table[user_key(user_id)] = data
+            self.metrics.state_bytes += len(data)
+            self.metrics.state_writes += 1
+        _set_current_event(None)
+
+    async def process(self, batch: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        self.metrics.events_in += len(batch)
+        valid, invalid = self.decode(batch)
+        for bad in invalid:
+            await self.send_dead_letter(bad)
+        if valid:
+            states, last_event = self.load_states(valid)
+            events = [ev for ev, _ in valid]
+            loop = asyncio.get_running_loop()
+            try:
+                predictions = await loop.run_in_executor(
+                    self.executor, self.scorer.score_batch, states, events)
+            except Exception as exc:
+                # A scoring failure must not lose the batch: every event goes to dead-letter.
+                log.exception("scoring failed for a batch of %d events", len(events))
+                for ev, fev in valid:
+                    await self.send_dead_letter(Invalid(
+                        "internal-error", f"{type(exc).__name__}: {exc}"[:200],
+                        fev.message.key, fev.message.value, ev.topic, ev.partition, ev.offset))
+                return
+            self.store_states(states, last_event)
+            now_ms = int(time.time() * 1000)
+            send = self.wiring.predictions.send
+            for p in predictions:
+                self.metrics.late += p.late
+                await send(key=user_key(p.user_id),
+                           value=msgpack.packb(p.to_message(now_ms), use_bin_type=True))
+            self.metrics.predictions += len(predictions)
+        self.metrics.batches += 1
+        self.metrics.batch_seconds += time.perf_counter() - started
+
+
+def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s: float = 10.0) -> None:
+    app = wiring.app
+    settings = pipeline.settings
+
+    @app.agent(wiring.source, name=f"{settings.app_id}-score")
+    async def score(stream):  # noqa: ANN001 - faust's stream type
+        within = settings.batch_wait_ms / 1000.0
+        async for batch in stream.take_events(settings.batch_max, within=within):
+            try:
+                await pipeline.process(batch)
+            except Exception:
+                # take_events acks the batch anyway; make the loss loud rather than silent
+                log.exception("batch of %d events failed after scoring", len(batch))
+
+    @app.timer(interval=report_every_s)
+    async def report() -> None:
+        log.info("seqstream metrics %s", pipeline.metrics.snapshot())
+
+    if settings.web_port > 0:
+        @app.page("/seqstream/metrics")
+        async def metrics_page(web, request):  # noqa: ANN001
+            return web.json(pipeline.metrics.snapshot())

@@ -1,0 +1,77 @@
+"""The faust.App for one seqstream deployment: topics and the user-state table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from stream.config import Settings
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Wiring:
+    """Everything the agents need from faust, built once from Settings."""
+
+    app: faust.App
+    source: Any  # one channel over the three input topics
+    predictions: Any
+    dead_letter: Any
+    churn_alerts: Any
+    states: Any  # faust Table: user key bytes -> encoded UserState bytes
+    partitions: int
+
+
+def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        processing_guarantee=settings.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        # we create and check topics ourselves (`seqstream topics create`)
+        topic_allow_declare=True,
+        topic_partitions=partitions,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_host="127.0.0.1",
+        web_in_thread=False,
+        producer_max_request_size=MB,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 4),
+        broker_commit_every=10_000,
+        broker_commit_interval=2.0,
+        # model work runs in an executor, but keep a generous margin for slow batches
+        broker_heartbeat_interval=3.0,
+        broker_session_timeout=30.0,
+        table_standby_replicas=0,
+    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(*settings.input_topics, **raw)
+    states = app.Table(
+        settings.state_table,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        # rocksdict per partition; faust's defaults (2 GiB block cache) are far too big here
+        options={
+            "driver": "rocksdict",
+            "block_cache_size": settings.rocksdb_block_cache_mb * MB,
+            "block_cache_compressed_size": 0,
+            "write_buffer_size": 16 * MB,
+            "max_write_buffer_number": 2,
+            "max_open_files": 256,
+        },
+    )
+    return Wiring(
+        app=app,
+        source=source,
+        predictions=app.topic(settings.predictions_topic, **raw),
+        dead_letter=app.topic(settings.dead_letter_topic, **raw),
+        churn_alerts=app.topic(settings.churn_alerts_topic, **raw),
+        states=states,
+        partitions=partitions,
+    )

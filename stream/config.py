@@ -1,0 +1,109 @@
+"""Settings for a seqstream process: defaults, then SEQSTREAM_* environment, then flags."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from models.schema import ACTIONS
+
+DEFAULT_CACHE = Path(os.environ.get("SEQSTREAM_CACHE", Path.home() / ".cache" / "seqstream"))
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message is one line that says what is wrong."""
+
+
+@dataclass
+class Settings:
+    broker: str = ""  # host:port; empty means the embedded broker
+    prefix: str = ""  # prepended verbatim to every topic name
+    app_id: str = "seqstream"  # faust app id and consumer group
+    data_dir: Path = field(default_factory=lambda: DEFAULT_CACHE / "worker")
+    model: str = ""  # checkpoint path; empty means a fresh untrained model
+    device: str = "auto"  # auto|cpu|cuda
+    batch_max: int = 512  # micro-batch: at most this many events...
+    batch_wait_ms: int = 20  # ...or this long after the first one
+    top_k: int = 20
+    ring: int = 50  # L: events kept per user
+    max_value_bytes: int = 64 * 1024
+    allowed_lateness_ms: int = 60_000
+    processing_guarantee: str = "at_least_once"
+    web_port: int = 0  # 0: faust's web server off
+    rocksdb_block_cache_mb: int = 32
+    log_level: str = "info"
+
+    # -- topic names -------------------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.topic(a) for a in ACTIONS]
+
+    @property
+    def predictions_topic(self) -> str:
+        return self.topic("predictions")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topic("dead-letter")
+
+    @property
+    def churn_alerts_topic(self) -> str:
+        return self.topic("churn-alerts")
+
+    @property
+    def model_updates_topic(self) -> str:
+        return self.topic("model-updates")
+
+    @property
+    def state_table(self) -> str:
+        return "user-state"
+
+    @property
+    def state_changelog_topic(self) -> str:
+        # faust names a table's changelog "<app id>-<table>-changelog" (not prefixed by us).
+        return f"{self.app_id}-{self.state_table}-changelog"
+
+    def validate(self) -> "Settings":
+        if self.batch_max < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_max}")
+        if self.batch_wait_ms < 1:
+            raise ConfigError(f"batch wait must be at least 1 ms, got {self.batch_wait_ms}")
+        if not 1 <= self.top_k <= 1000:
+            raise ConfigError(f"top-k must be in 1..1000, got {self.top_k}")
+        if not 1 <= self.ring <= 1000:
+            raise ConfigError(f"ring length must be in 1..1000, got {self.ring}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+            raise ConfigError("processing guarantee must be at_least_once or exactly_once, "
+                              f"got {self.processing_guarantee!r}")
+        if self.model and not Path(self.model).is_file():
+            raise ConfigError(f"model checkpoint not found: {self.model}")
+        if any(c.isspace() for c in self.prefix) or any(c.isspace() for c in self.app_id):
+            raise ConfigError("prefix and app id must not contain spaces")
+        if not self.app_id:
+            raise ConfigError("app id must not be empty")
+        return self
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
+        """SEQSTREAM_<FIELD> for every field (e.g. SEQSTREAM_BATCH_MAX=256), then overrides."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get(f"SEQSTREAM_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = Path(raw) if kind is Path else kind(raw)
+            except ValueError:
+                raise ConfigError(f"SEQSTREAM_{f.name.upper()}={raw!r} is not a valid "
+                                  f"{kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)

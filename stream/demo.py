@@ -1,0 +1,220 @@
+"""`seqstream demo`: a whole deployment on one machine, with a live view of the predictions.
+
+1. start the embedded broker (or use SEQSTREAM_BROKER / --broker);
+2. train a small model on generated history (cached), create fresh topics, start a worker;
+3. stream generated "live" events (plus a few malformed ones) and show predictions as they
+   arrive, with throughput, end-to-end latency and dead-letter counts;
+4. stop cleanly on Ctrl-C or after --duration.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from stream.config import DEFAULT_CACHE, ConfigError, Settings
+from stream.events import encode_value, input_topic, user_key
+
+MALFORMED = [b"\xc1 not msgpack", msgpack.packb([1, 2, 3]),
+             msgpack.packb({"user_id": 1, "item_id": "x", "ts": 1})]
+
+
+@dataclass
+class LiveView:
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    malformed_sent: int = 0
+    predictions: int = 0
+    dead_letters: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
+    recent: deque = field(default_factory=lambda: deque(maxlen=6))
+    versions: set = field(default_factory=set)
+
+    def add_prediction(self, msg: dict, now_ms: int) -> None:
+        self.predictions += 1
+        self.latencies_ms.append(now_ms - msg["event"]["ts"])
+        self.recent.append(msg)
+        self.versions.add(msg["model_version"])
+
+    def render(self) -> str:
+        el = time.monotonic() - self.started
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        lines = [
+            f"seqstream demo  {el:6.1f}s | sent {self.sent} ({self.sent / max(el, 1e-9):.0f}/s) "
+            f"+ {self.malformed_sent} malformed | predictions {self.predictions} | "
+            f"dead-letter {self.dead_letters} | latency p50 {np.percentile(lat, 50):.0f} ms "
+            f"p99 {np.percentile(lat, 99):.0f} ms | model v{','.join(map(str, sorted(self.versions))) or '-'}",
+        ]
+        for m in self.recent:
+            act = m["next_action"]
+            top = " ".join(str(i) for i, _ in m["next_items"][:5]) or "(none)"
+            lines.append(
+                f"  user {m['user_id']:>6} {m['event']['action']:<8} item {m['event']['item_id']:>6}"
+                f" -> next: click {act['click']:.2f} cart {act['cart']:.2f} purchase "
+                f"{act['purchase']:.2f} | items {top} | churn {m['churn_risk']:.2f}")
+        return "\n".join(lines)
+
+
+def demo_model(path: Path, seed: int) -> Path:
+    """Train a small model on generated history once, and reuse it."""
+    if path.is_file():
+        return path
+    from models.gru import save_checkpoint
+    from models.synthetic import GeneratorConfig, generate
+    from models.train import TrainConfig, train_model
+
+    print(f"demo: training a small model on generated history (once; cached at {path})")
+    log = generate(GeneratorConfig(users=2000, events=60_000, seed=seed))
+    ckpt = train_model(log.events, TrainConfig(epochs=2, hidden=64, emb=64, seed=seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, ckpt.model, ckpt.item_vocab, ckpt.category_vocab, version=1,
+                    meta={"source": "seqstream demo", "seed": seed})
+    return path
+
+
+def live_events(seed: int):
+    """Generated events whose event time is now: the generator's order, today's clock."""
+    from models.synthetic import GeneratorConfig, generate
+
+    log = generate(GeneratorConfig(users=2000, events=200_000, seed=seed + 1))
+    return itertools.cycle(log.events)
+
+
+def produce(bootstrap: str, settings: Settings, rate: float, seed: int, view: LiveView,
+            stop: threading.Event) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    events = live_events(seed)
+    interval = 1.0 / rate
+    next_at = time.monotonic()
+    try:
+        for n, ev in enumerate(events):
+            if stop.is_set():
+                break
+            now_ms = int(time.time() * 1000)
+            ev = type(ev)(ev.user_id, ev.item_id, ev.action, now_ms, ev.category_id, ev.session_id)
+            producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                          value=encode_value(ev))
+            view.sent += 1
+            if n % 250 == 249:  # show that bad input is routed, not fatal
+                producer.send(settings.topic("click"), key=b"1", value=MALFORMED[n % len(MALFORMED)])
+                view.malformed_sent += 1
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        producer.flush(10)
+        producer.close(5)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer
+
+    from stream.topics import create_topics, delete_topics
+
+    if args.rate <= 0:
+        raise ConfigError(f"--rate must be positive, got {args.rate}")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError(f"--duration must be positive, got {args.duration}")
+    broker_handle = None
+    bootstrap = args.broker or os.environ.get("SEQSTREAM_BROKER", "")
+    if not bootstrap:
+        from stream.broker import EmbeddedBroker
+
+        broker_handle = EmbeddedBroker()
+        already = broker_handle.status().running
+        broker_handle.start()
+        if already:
+            broker_handle = None  # not ours to stop
+        bootstrap = EmbeddedBroker().bootstrap
+    print(f"demo: broker at {bootstrap}")
+    model_path = demo_model(DEFAULT_CACHE / "demo" / f"model-seed{args.seed}.pt", args.seed)
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    settings = Settings(prefix=f"demo-{run_id}.", app_id=f"seqstream-demo-{run_id}",
+                        broker=bootstrap, model=str(model_path))
+    create_topics(bootstrap, settings, args.partitions)
+    workdir = Path(tempfile.mkdtemp(prefix="seqstream-demo-"))
+    worker_log = workdir / "worker.log"
+    cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", bootstrap,
+           "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model_path),
+           "--data-dir", str(workdir / "state")]
+    print(f"demo: starting worker (log: {worker_log})")
+    with open(worker_log, "wb") as logf:
+        worker = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+    view = LiveView()
+    stop = threading.Event()
+    consumer = KafkaConsumer(settings.predictions_topic, settings.dead_letter_topic,
+                             bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None)
+    producer = threading.Thread(target=produce, name="demo-producer", daemon=True,
+                                args=(bootstrap, settings, args.rate, args.seed, view, stop))
+    producer.start()
+    tty = sys.stdout.isatty()
+    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    last_render = 0.0
+    rc = 0
+    try:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                print(f"demo: the worker exited with {worker.returncode}; see {worker_log}")
+                rc = 1
+                break
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                now_ms = int(time.time() * 1000)
+                for rec in records:
+                    if tp.topic == settings.dead_letter_topic:
+                        view.dead_letters += 1
+                    else:
+                        view.add_prediction(msgpack.unpackb(rec.value, raw=False), now_ms)
+            if time.monotonic() - last_render >= 1.0:
+                last_render = time.monotonic()
+                print(("\x1b[2J\x1b[H" if tty else "") + view.render() + ("" if tty else "\n"),
+                      flush=True)
+    except KeyboardInterrupt:
+        print("\ndemo: stopping")
+    finally:
+        stop.set()
+        producer.join(10)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        consumer.close()
+        print(view.render())
+        if not args.keep:
+            delete_topics(bootstrap, settings)
+            shutil.rmtree(workdir, ignore_errors=True)
+        if broker_handle is not None and not args.keep_broker:
+            broker_handle.stop()
+    if rc == 0 and view.predictions == 0:
+        print(f"demo: no predictions arrived; see {worker_log}")
+        rc = 1
+    return rc
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("demo", help="run everything on this machine and watch predictions flow")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
+    p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker running")
+    p.add_argument("--broker", default=None, help="bootstrap host:port of an existing cluster")
+    p.set_defaults(func=run_demo)

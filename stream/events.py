@@ -1,0 +1,183 @@
+"""The event contract on the wire: msgpack codec, validation and dead-letter reasons.
+
+Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
+time, ms since epoch) are required; `category_id`, `session_id`, `price` and `quantity` are
+optional; unknown fields are kept but ignored. The key is the user id as decimal ASCII.
+The topic names the action.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from models.schema import ACTIONS, LogEvent
+
+MAX_VALUE_BYTES = 64 * 1024
+# Event time must be after 2000-01-01 and before 2100-01-01: anything else is a unit mistake
+# (seconds instead of ms) or garbage, and would poison the event-time clock.
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+MAX_ID = 2**63 - 1
+
+
+class Reason:
+    """Dead-letter reasons: stable strings that operators alert on."""
+
+    NOT_MSGPACK = "not-msgpack"
+    NOT_A_MAP = "not-a-map"
+    MISSING_FIELD = "missing-field"
+    BAD_TYPE = "bad-type"
+    BAD_TIMESTAMP = "bad-timestamp"
+    OVERSIZED = "oversized"
+    KEY_MISMATCH = "key-mismatch"
+    UNKNOWN_TOPIC = "unknown-topic"
+
+    ALL = (NOT_MSGPACK, NOT_A_MAP, MISSING_FIELD, BAD_TYPE, BAD_TIMESTAMP, OVERSIZED,
+           KEY_MISMATCH, UNKNOWN_TOPIC)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated input event, with where it came from."""
+
+    user_id: int
+    item_id: int
+    action: str
+    ts: int  # event time, ms since epoch
+    category_id: int | None = None
+    session_id: int | None = None
+    price: float | None = None
+    quantity: int | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message that failed validation: what goes to dead-letter."""
+
+    reason: str
+    detail: str
+    key: bytes | None
+    value: bytes | None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def user_key(user_id: int) -> bytes:
+    return str(int(user_id)).encode("ascii")
+
+
+def encode_value(ev: LogEvent | Event) -> bytes:
+    """The msgpack value for an input topic (the action is the topic, so it is not included)."""
+    body: dict[str, Any] = {"user_id": int(ev.user_id), "item_id": int(ev.item_id),
+                            "ts": int(ev.ts_ms if isinstance(ev, LogEvent) else ev.ts)}
+    if ev.category_id is not None:
+        body["category_id"] = int(ev.category_id)
+    if ev.session_id is not None:
+        body["session_id"] = int(ev.session_id)
+    for name in ("price", "quantity"):
+        value = getattr(ev, name, None)
+        if value is not None:
+            body[name] = value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def input_topic(action: str, prefix: str = "") -> str:
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    return f"{prefix}{action}"
+
+
+def action_of_topic(topic: str, prefix: str = "") -> str | None:
+    if not topic.startswith(prefix):
+        return None
+    name = topic[len(prefix):]
+    return name if name in ACTIONS else None
+
+
+def _int_field(body: dict, name: str, required: bool) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise _Bad(Reason.MISSING_FIELD, f"field {name!r} is required")
+        return None
+    # bool is an int subclass in Python; a boolean id is a producer bug.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(Reason.BAD_TYPE, f"field {name!r} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_ID:
+        raise _Bad(Reason.BAD_TYPE, f"field {name!r} out of range: {value}")
+    return value
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partition: int = -1,
+                 offset: int = -1, prefix: str = "",
+                 max_value_bytes: int = MAX_VALUE_BYTES) -> Event | Invalid:
+    """Bytes from Kafka -> a validated Event, or an Invalid with the reason. Never raises."""
+    def invalid(reason: str, detail: str) -> Invalid:
+        return Invalid(reason, detail, key, value, topic, partition, offset)
+
+    action = action_of_topic(topic, prefix)
+    if action is None:
+        return invalid(Reason.UNKNOWN_TOPIC, f"topic {topic!r} is not an input topic")
+    if value is None:
+        return invalid(Reason.NOT_MSGPACK, "empty value (tombstone)")
+    if len(value) > max_value_bytes:
+        return invalid(Reason.OVERSIZED, f"value is {len(value)} bytes, limit {max_value_bytes}")
+    try:
+        body = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        return invalid(Reason.NOT_MSGPACK, f"{type(exc).__name__}: {exc}"[:200])
+    if not isinstance(body, dict):
+        return invalid(Reason.NOT_A_MAP, f"value is a msgpack {type(body).__name__}, not a map")
+    try:
+        user_id = _int_field(body, "user_id", True)
+        item_id = _int_field(body, "item_id", True)
+        ts = _int_field(body, "ts", True)
+        category_id = _int_field(body, "category_id", False)
+        session_id = _int_field(body, "session_id", False)
+        quantity = _int_field(body, "quantity", False)
+        price = body.get("price")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))):
+            raise _Bad(Reason.BAD_TYPE, f"field 'price' must be a number, got {type(price).__name__}")
+    except _Bad as bad:
+        return invalid(bad.reason, bad.detail)
+    assert user_id is not None and item_id is not None and ts is not None
+    if not MIN_TS_MS <= ts <= MAX_TS_MS:
+        return invalid(Reason.BAD_TIMESTAMP,
+                       f"ts {ts} is outside 2000..2100 in ms since epoch (seconds by mistake?)")
+    if key is None or key != user_key(user_id):
+        shown = key.decode("utf-8", "replace")[:40] if key is not None else None
+        return invalid(Reason.KEY_MISMATCH, f"key {shown!r} does not match user_id {user_id}")
+    return Event(user_id, item_id, action, ts, category_id, session_id,
+                 float(price) if price is not None else None, quantity, topic, partition, offset)
+
+
+def dead_letter_value(bad: Invalid) -> bytes:
+    """The dead-letter message: the original bytes and the reason, so nothing is lost."""
+    return msgpack.packb({
+        "reason": bad.reason,
+        "detail": bad.detail,
+        "topic": bad.topic,
+        "partition": bad.partition,
+        "offset": bad.offset,
+        "key": bad.key,
+        "value": bad.value,
+    }, use_bin_type=True)
+
+
+def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:
+    return [("seqstream-reason", bad.reason.encode()),
+            ("seqstream-source", f"{bad.topic}/{bad.partition}/{bad.offset}".encode())]

@@ -1,0 +1,247 @@
+"""Score a micro-batch of events against per-user state: the pure core of the worker.
+
+Events -> UserState -> batch tensors -> model -> Prediction records. Nothing here touches
+Kafka or Faust, so the same code scores a live batch, a replayed log, or a unit test.
+
+A user may appear several times in one batch. The batch is split into *waves*: wave k holds
+the k-th event (in event-time order) of every user in the batch, so each event sees its
+predecessor's state and each wave is one batched GRU step plus one batched predict.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucket
+from models.retrieval import top_k
+from models.schema import ACTION_INDEX, ACTIONS
+from stream.events import Event
+from stream.state import Insertion, RingEntry, UserState, insert_event
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the worker publishes for one event (see DESIGN.md's prediction message)."""
+
+    user_id: int
+    event: Event
+    model_version: int
+    next_action: dict[str, float]
+    next_items: list[tuple[int, float]]
+    churn_risk: float
+    late: bool
+    user_events: int  # the user's event count after this event: state continuity
+
+    def to_message(self, produced_at_ms: int | None = None) -> dict:
+        ev = self.event
+        return {
+            "user_id": self.user_id,
+            "event": {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset,
+                      "ts": ev.ts, "item_id": ev.item_id, "action": ev.action},
+            "model_version": self.model_version,
+            "next_action": self.next_action,
+            "next_items": [[item, score] for item, score in self.next_items],
+            "churn_risk": self.churn_risk,
+            "late": self.late,
+            "user_events": self.user_events,
+            "produced_at": produced_at_ms if produced_at_ms is not None else int(time.time() * 1000),
+        }
+
+
+@dataclass
+class ScoringModel:
+    """A loaded model version plus what is needed to turn raw ids into tensors."""
+
+    model: SeqModel
+    items: Vocab
+    categories: Vocab
+    version: int
+    device: torch.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.cfg.hidden
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: "Checkpoint") -> "ScoringModel":
+        return cls(ckpt.model, ckpt.item_vocab, ckpt.category_vocab, ckpt.version,
+                   next(ckpt.model.parameters()).device)
+
+
+class Scorer:
+    """Turns (states, events) into (new states, predictions). Not thread-safe: one executor."""
+
+    def __init__(self, scoring: ScoringModel, *, ring_size: int = 50, top_k: int = 20) -> None:
+        self.scoring = scoring
+        self.ring_size = ring_size
+        self.k = top_k
+
+    def swap(self, scoring: ScoringModel) -> None:
+        """Hot-swap the model between two batches. Old hidden states refresh lazily."""
+        self.scoring = scoring
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def _buckets(self, seconds: np.ndarray) -> np.ndarray:
+        return gap_bucket(seconds, self.scoring.model.cfg.n_gap_buckets)
+
+    def _ids(self, items: list[int], categories: list[int], actions: list[int],
+             gaps_s: list[float | None]):
+        s = self.scoring
+        dev = s.device
+        item_idx = torch.as_tensor(s.items.index(np.asarray(items, dtype=np.int64)), device=dev)
+        cat_idx = torch.as_tensor(s.categories.index(np.asarray(categories, dtype=np.int64)), device=dev)
+        act = torch.as_tensor(np.asarray(actions, dtype=np.int64), device=dev)
+        first = np.array([g is None for g in gaps_s])
+        buckets = self._buckets(np.array([0.0 if g is None else g for g in gaps_s]))
+        gap = torch.as_tensor(np.where(first, GAP_FIRST, buckets), device=dev)
+        return item_idx, cat_idx, act, gap
+
+    def _hidden(self, vectors: list[np.ndarray | None]) -> torch.Tensor:
+        h = np.zeros((len(vectors), self.scoring.hidden_size), dtype=np.float32)
+        for row, v in enumerate(vectors):
+            if v is not None:
+                h[row] = v
+        return torch.from_numpy(h).to(self.scoring.device)
+
+    def _step(self, hiddens: list[np.ndarray | None], entries: list[RingEntry],
+              prev_ts: list[int | None]) -> np.ndarray:
+        """One batched GRU step: returns float32 [B, H]."""
+        gaps = [(e.ts - p) / 1000.0 if p is not None else None for e, p in zip(entries, prev_ts)]
+        ids = self._ids([e.item for e in entries], [e.category for e in entries],
+                        [e.action for e in entries], gaps)
+        h = self.scoring.model.step(self._hidden(hiddens), *ids)
+        return h.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def fold(self, anchor: np.ndarray | None, anchor_ts: int | None,
+             ring: list[RingEntry]) -> np.ndarray | None:
+        """hidden = fold(step, anchor, ring): recompute one user's state from its ring."""
+        h = anchor
+        prev = anchor_ts
+        for entry in ring:
+            h = self._step([h], [entry], [prev])[0]
+            prev = entry.ts
+        return h
+
+    def _recent(self, states: list[UserState]) -> Recent:
+        L = self.ring_size
+        B = len(states)
+        items = np.zeros((B, L), dtype=np.int64)
+        cats = np.zeros((B, L), dtype=np.int64)
+        acts = np.zeros((B, L), dtype=np.int64)
+        age_s = np.zeros((B, L), dtype=np.float64)
+        mask = np.zeros((B, L), dtype=bool)
+        raw_items = np.zeros((B, L), dtype=np.int64)
+        raw_cats = np.full((B, L), -1, dtype=np.int64)
+        for row, st in enumerate(states):
+            n = len(st.ring)
+            if n == 0:
+                continue
+            newest = st.ring[-1].ts
+            raw_items[row, L - n:] = [e.item for e in st.ring]
+            raw_cats[row, L - n:] = [e.category for e in st.ring]
+            acts[row, L - n:] = [e.action for e in st.ring]
+            age_s[row, L - n:] = [(newest - e.ts) / 1000.0 for e in st.ring]
+            mask[row, L - n:] = True
+        s = self.scoring
+        items[mask] = s.items.index(raw_items[mask])
+        cats[mask] = s.categories.index(raw_cats[mask])
+        ages = self._buckets(age_s)
+        dev = s.device
+        t = lambda a: torch.as_tensor(a, device=dev)  # noqa: E731
+        return Recent(items=t(items), categories=t(cats), actions=t(acts),
+                      age=t(np.where(mask, ages, 0)), mask=t(mask))
+
+    # -- the batch -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score_batch(self, states: dict[int, UserState],
+                    events: list[Event]) -> list[Prediction]:
+        """Apply `events` to `states` (mutated in place) and predict after each event.
+
+        Predictions come back in the order of `events`. Per user, events are applied in
+        event-time order (stable for ties), whatever order they arrived in.
+        """
+        per_user: dict[int, list[int]] = defaultdict(list)
+        for pos, ev in enumerate(events):
+            per_user[ev.user_id].append(pos)
+        for positions in per_user.values():
+            positions.sort(key=lambda p: events[p].ts)
+        results: list[Prediction | None] = [None] * len(events)
+        depth = max((len(p) for p in per_user.values()), default=0)
+        for wave in range(depth):
+            wave_positions = [p[wave] for p in per_user.values() if len(p) > wave]
+            self._score_wave(states, events, wave_positions, results)
+        return [r for r in results if r is not None]
+
+    def _refresh_if_stale(self, st: UserState) -> None:
+        """A state computed by another model version is re-folded from its ring (lazily)."""
+        if st.model_version != self.scoring.version and st.ring:
+            st.anchor, st.anchor_ts = None, None
+            st.hidden = self.fold(None, None, st.ring)
+        st.model_version = self.scoring.version
+
+    def _score_wave(self, states: dict[int, UserState], events: list[Event],
+                    positions: list[int], results: list[Prediction | None]) -> None:
+        wave_states: list[UserState] = []
+        inserts: list[Insertion] = []
+        entries: list[RingEntry] = []
+        prevs: list[int | None] = []  # event time of each new event's predecessor (its gap)
+        for pos in positions:
+            ev = events[pos]
+            st = states.get(ev.user_id)
+            if st is None:
+                st = states[ev.user_id] = UserState(user_id=ev.user_id)
+            self._refresh_if_stale(st)
+            entry = RingEntry(ev.item_id, ev.category_id if ev.category_id is not None else -1,
+                              ACTION_INDEX[ev.action], ev.ts)
+            prevs.append(st.last_entry.ts if st.last_entry is not None else st.anchor_ts)
+            inserts.append(insert_event(st, entry, self.ring_size))
+            wave_states.append(st)
+            entries.append(entry)
+
+        # 1. Evicted events are folded into the anchor (independent of the new event).
+        ev_rows = [i for i, ins in enumerate(inserts) if ins.evicted is not None]
+        if ev_rows:
+            new_anchor = self._step([wave_states[i].anchor for i in ev_rows],
+                                    [inserts[i].evicted for i in ev_rows],  # type: ignore[misc]
+                                    [inserts[i].prev_ts for i in ev_rows])
+            for j, i in enumerate(ev_rows):
+                wave_states[i].anchor = new_anchor[j]
+                wave_states[i].anchor_ts = inserts[i].evicted.ts  # type: ignore[union-attr]
+        # 2. In-order events: one batched step from the stored hidden state.
+        step_rows = [i for i, ins in enumerate(inserts) if not ins.late]
+        if step_rows:
+            new_h = self._step([wave_states[i].hidden for i in step_rows],
+                               [entries[i] for i in step_rows], [prevs[i] for i in step_rows])
+            for j, i in enumerate(step_rows):
+                wave_states[i].hidden = new_h[j]
+        # 3. Late events: re-fold from the anchor (rare; per user).
+        for i, ins in enumerate(inserts):
+            if ins.late:
+                st = wave_states[i]
+                st.hidden = self.fold(st.anchor, st.anchor_ts, st.ring)
+        # 4. One batched predict for the whole wave.
+        h = self._hidden([st.hidden for st in wave_states])
+        out = self.scoring.model.predict(h, self._recent(wave_states))
+        action_p = torch.softmax(out.action_logits, dim=-1).cpu().numpy()
+        churn = torch.sigmoid(out.churn_logit).cpu().numpy()
+        values, indices = top_k(out.item_logits, self.k)
+        raw = self.scoring.items.raw(indices.cpu().numpy().reshape(-1)).reshape(indices.shape)
+        scores = values.cpu().numpy()
+        version = self.scoring.version
+        for row, pos in enumerate(positions):
+            ev = events[pos]
+            finite = np.isfinite(scores[row])
+            results[pos] = Prediction(
+                user_id=ev.user_id, event=ev, model_version=version,
+                next_action={a: round(float(action_p[row, k]), 6) for k, a in enumerate(ACTIONS)},
+                next_items=[(int(i), round(float(s), 6))
+                            for i, s, ok in zip(raw[row], scores[row], finite) if ok],
+                churn_risk=round(float(churn[row]), 6), late=inserts[row].late,
+                user_events=wave_states[row].n_events,
+            )

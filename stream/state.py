@@ -1,0 +1,138 @@
+"""UserState: the last L events of one user plus the GRU state, and its bytes on disk.
+
+The hidden state summarises the user's whole history, not only the ring, so that one event
+costs one GRU step. To recompute it exactly after a late event, we also keep the *anchor*:
+the hidden state just before the oldest event still in the ring. When the ring evicts its
+oldest event, the anchor absorbs it (one extra GRU step), so at all times
+
+    hidden == fold(step, anchor, ring)
+
+and a late event that lands inside the ring is handled by inserting it in event-time order
+and re-folding from the anchor. An event older than the anchor cannot be placed exactly; it
+is put first in the ring and counted as `n_too_late`.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from models.schema import ACTIONS
+
+STATE_FORMAT = 1
+
+
+@dataclass(slots=True)
+class RingEntry:
+    item: int
+    category: int  # -1 when the source has no category
+    action: int  # index into ACTIONS
+    ts: int  # event time, ms
+
+
+@dataclass
+class UserState:
+    user_id: int
+    ring: list[RingEntry] = field(default_factory=list)  # oldest -> newest, by event time
+    hidden: np.ndarray | None = None  # float32 [H]; None before the first event
+    anchor: np.ndarray | None = None  # hidden before ring[0]; None means zeros
+    anchor_ts: int | None = None  # event time of the last event folded into the anchor
+    model_version: int = -1  # the version that computed hidden and anchor
+    n_events: int = 0
+    n_by_action: list[int] = field(default_factory=lambda: [0] * len(ACTIONS))
+    n_late: int = 0  # arrived after a later event of the same user
+    n_too_late: int = 0  # older than the anchor: placed first, not exact
+    first_ts: int | None = None
+    last_ts: int | None = None  # the user's own event-time high-water mark
+    churn_alerted: bool = False  # one alert per inactivity episode; re-armed by a new event
+
+    @property
+    def last_entry(self) -> RingEntry | None:
+        return self.ring[-1] if self.ring else None
+
+
+@dataclass(frozen=True, slots=True)
+class Insertion:
+    """What adding one event did to the ring: the scorer turns this into GRU work."""
+
+    position: int  # where the event landed in the ring
+    late: bool  # not appended at the end: hidden must be re-folded from the anchor
+    evicted: RingEntry | None  # fell out of the ring: must be folded into the anchor
+    prev_ts: int | None  # event time of the event before the evicted one (its gap)
+
+
+def insert_event(state: UserState, entry: RingEntry, ring_size: int) -> Insertion:
+    """Put one event into the ring in event-time order (ties keep arrival order)."""
+    state.n_events += 1
+    state.n_by_action[entry.action] += 1
+    state.first_ts = entry.ts if state.first_ts is None else min(state.first_ts, entry.ts)
+    state.churn_alerted = False
+    late = state.last_ts is not None and entry.ts < state.last_ts
+    if late:
+        state.n_late += 1
+        if state.anchor_ts is not None and entry.ts < state.anchor_ts:
+            state.n_too_late += 1
+        keys = [e.ts for e in state.ring]
+        position = bisect.bisect_right(keys, entry.ts)
+        state.ring.insert(position, entry)
+    else:
+        position = len(state.ring)
+        state.ring.append(entry)
+    state.last_ts = entry.ts if state.last_ts is None else max(state.last_ts, entry.ts)
+    evicted = None
+    prev_ts = state.anchor_ts
+    if len(state.ring) > ring_size:
+        evicted = state.ring.pop(0)
+        position -= 1
+    return Insertion(position=max(position, 0), late=late, evicted=evicted, prev_ts=prev_ts)
+
+
+def _pack_vector(v: np.ndarray | None) -> bytes | None:
+    return None if v is None else np.asarray(v, dtype=np.float32).tobytes()
+
+
+def _unpack_vector(b: bytes | None) -> np.ndarray | None:
+    return None if b is None else np.frombuffer(b, dtype=np.float32).copy()
+
+
+def encode_state(state: UserState) -> bytes:
+    """msgpack bytes; times delta-encoded so a 50-event ring stays around 1 KB."""
+    ts = [e.ts for e in state.ring]
+    ts_deltas = [ts[0]] + [b - a for a, b in zip(ts, ts[1:])] if ts else []
+    return msgpack.packb({
+        "f": STATE_FORMAT,
+        "u": state.user_id,
+        "i": [e.item for e in state.ring],
+        "c": [e.category for e in state.ring],
+        "a": bytes(e.action for e in state.ring),
+        "t": ts_deltas,
+        "h": _pack_vector(state.hidden),
+        "ah": _pack_vector(state.anchor),
+        "at": state.anchor_ts,
+        "mv": state.model_version,
+        "n": state.n_events,
+        "na": state.n_by_action,
+        "nl": state.n_late,
+        "ntl": state.n_too_late,
+        "ft": state.first_ts,
+        "lt": state.last_ts,
+        "ca": state.churn_alerted,
+    }, use_bin_type=True)
+
+
+def decode_state(data: bytes) -> UserState:
+    d = msgpack.unpackb(data, raw=False)
+    if d.get("f") != STATE_FORMAT:
+        raise ValueError(f"unknown user-state format {d.get('f')!r}")
+    ts: list[int] = []
+    for delta in d["t"]:
+        ts.append(delta if not ts else ts[-1] + delta)
+    ring = [RingEntry(i, c, a, t) for i, c, a, t in zip(d["i"], d["c"], d["a"], ts)]
+    return UserState(
+        user_id=d["u"], ring=ring, hidden=_unpack_vector(d["h"]), anchor=_unpack_vector(d["ah"]),
+        anchor_ts=d["at"], model_version=d["mv"], n_events=d["n"], n_by_action=list(d["na"]),
+        n_late=d["nl"], n_too_late=d["ntl"], first_ts=d["ft"], last_ts=d["lt"],
+        churn_alerted=d["ca"],
+    )

@@ -1,0 +1,99 @@
+"""Create seqstream's topics and check that the inputs are co-partitioned (kafka-python admin)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from stream.config import Settings
+
+
+class TopicError(RuntimeError):
+    """Topics are missing or not co-partitioned: the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
+    """Inputs, outputs and the state changelog share the partition count (co-partitioning);
+    model updates and training samples have one partition so one trainer owns them."""
+    compact = {"cleanup.policy": "compact"}
+    week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+    specs = [TopicSpec(t, partitions, week) for t in settings.input_topics]
+    specs += [
+        TopicSpec(settings.predictions_topic, partitions, week),
+        TopicSpec(settings.dead_letter_topic, partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicSpec(settings.churn_alerts_topic, partitions, week),
+        TopicSpec(settings.state_changelog_topic, partitions, compact),
+        TopicSpec(settings.model_updates_topic, 1, compact),
+        TopicSpec(settings.topic("training-samples"), 1, {"retention.ms": str(24 * 3600 * 1000)}),
+    ]
+    return specs
+
+
+def create_topics(bootstrap: str, settings: Settings, partitions: int) -> list[str]:
+    """Create what is missing; returns the names created. Existing topics are left alone."""
+    if partitions < 1:
+        raise TopicError(f"partitions must be at least 1, got {partitions}")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="seqstream-topics")
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config)
+               for s in topic_specs(settings, partitions) if s.name not in existing]
+        created: list[str] = []
+        for topic in new:  # one by one, so a race with another creator is harmless
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int | None]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="seqstream-check")
+    try:
+        found = consumer.topics()
+        return {t: (len(consumer.partitions_for_topic(t) or ()) if t in found else None)
+                for t in topics}
+    finally:
+        consumer.close()
+
+
+def check_copartitioned(bootstrap: str, settings: Settings) -> int:
+    """The partition count of the inputs, or TopicError if they or the changelog disagree."""
+    names = settings.input_topics + [settings.state_changelog_topic]
+    counts = partition_counts(bootstrap, names)
+    missing = [t for t in settings.input_topics if counts[t] is None]
+    if missing:
+        raise TopicError(f"input topics missing: {', '.join(missing)} "
+                         f"(run: seqstream topics create --partitions N"
+                         f"{' --prefix ' + settings.prefix if settings.prefix else ''})")
+    present = {t: n for t, n in counts.items() if n is not None}
+    if len(set(present.values())) > 1:
+        detail = ", ".join(f"{t}={n}" for t, n in present.items())
+        raise TopicError(f"topics are not co-partitioned ({detail}); inputs and the state "
+                         "changelog need the same partition count")
+    return counts[settings.input_topics[0]]  # type: ignore[return-value]
+
+
+def delete_topics(bootstrap: str, settings: Settings) -> list[str]:
+    """Delete this deployment's topics (demo and test clean-up); returns the names deleted."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="seqstream-topics")
+    try:
+        existing = set(admin.list_topics())
+        names = [s.name for s in topic_specs(settings, 1) if s.name in existing]
+        if names:
+            admin.delete_topics(names)
+        return names
+    finally:
+        admin.close()

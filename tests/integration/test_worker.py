@@ -1,0 +1,210 @@
+"""The spine end to end on the real broker: kafka-python in, a `seqstream worker` process in the
+middle, kafka-python out. One prediction per valid event, every bad one in dead-letter with its
+reason, and user state that survives a restart (recovered from the changelog)."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+
+from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
+from models.schema import ACTIONS, LogEvent
+from stream.config import Settings
+from stream.events import MAX_VALUE_BYTES, Reason, encode_value, input_topic, user_key
+from stream.topics import create_topics, delete_topics
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000_000
+N_USERS, N_ITEMS = 40, 200
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=N_ITEMS + 2, n_categories=12, hidden=32, emb=16, dropout=0.0)
+    model = SeqModel(cfg).eval()
+    items, cats = Vocab(np.arange(N_ITEMS), N_ITEMS + 2), Vocab(np.arange(10), 12)
+    model.set_valid(len(items), len(cats))
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(path, model, items, cats, version=3, meta={"test": True})
+    return path
+
+
+@pytest.fixture()
+def deployment(kafka_bootstrap):
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(prefix=f"t{tag}.", app_id=f"it-{tag}", broker=kafka_bootstrap)
+    create_topics(kafka_bootstrap, settings, partitions=2)
+    yield settings
+    delete_topics(kafka_bootstrap, settings)
+
+
+class Worker:
+    def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path) -> None:
+        cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
+               "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
+               "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64"]
+        self.log = log
+        self._logf = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def make_events(n: int, seed: int = 0) -> list[LogEvent]:
+    rng = random.Random(seed)
+    clock = {u: T0 + u * 1000 for u in range(N_USERS)}
+    out = []
+    for _ in range(n):
+        u = rng.randrange(N_USERS)
+        clock[u] += rng.randint(1, 300) * 1000
+        out.append(LogEvent(u, rng.randrange(N_ITEMS), rng.choice(ACTIONS), clock[u],
+                            category_id=rng.randrange(10)))
+    return out
+
+
+def send_events(bootstrap: str, settings: Settings, events: list[LogEvent]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for ev in events:
+        producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                      value=encode_value(ev))
+    producer.flush(30)
+    producer.close()
+
+
+def malformed_corpus() -> list[tuple[str, bytes | None, bytes | None, str]]:
+    """(action topic, key, value, expected reason)."""
+    ok = {"user_id": 5, "item_id": 1, "ts": T0}
+    pack = lambda o: msgpack.packb(o, use_bin_type=True)  # noqa: E731
+    return [
+        ("click", b"5", b"\xc1\xc1garbage", Reason.NOT_MSGPACK),
+        ("cart", b"5", pack(["not", "a", "map"]), Reason.NOT_A_MAP),
+        ("purchase", b"5", pack({"user_id": 5, "ts": T0}), Reason.MISSING_FIELD),
+        ("click", b"5", pack({**ok, "item_id": "eleven"}), Reason.BAD_TYPE),
+        ("click", b"5", pack({**ok, "ts": -1}), Reason.BAD_TIMESTAMP),
+        ("cart", b"5", pack({**ok, "ts": 99_999_999_999_999}), Reason.BAD_TIMESTAMP),
+        ("click", b"5", pack({**ok, "blob": "x" * (MAX_VALUE_BYTES + 10)}), Reason.OVERSIZED),
+        ("purchase", b"6", pack(ok), Reason.KEY_MISMATCH),
+        ("click", None, pack(ok), Reason.KEY_MISMATCH),
+    ]
+
+
+def consume_until(bootstrap: str, topic: str, want: int, timeout_s: float,
+                  worker: Worker | None = None) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                got.extend(records)
+            if worker is not None and not worker.alive():
+                pytest.fail(f"worker exited early:\n{worker.tail()}")
+        # a short grace period catches duplicates that arrive after the expected count
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for records in consumer.poll(timeout_ms=200).values():
+                got.extend(records)
+    finally:
+        consumer.close()
+    return got
+
+
+def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, deployment, checkpoint,
+                                                          tmp_path):
+    settings = deployment
+    events = make_events(300)
+    corpus = malformed_corpus()
+    worker = Worker(settings, checkpoint, tmp_path / "state-a", tmp_path / "worker.log")
+    try:
+        # valid and malformed messages interleaved on all three topics
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        bad_iter = iter(corpus)
+        for i, ev in enumerate(events):
+            producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                          value=encode_value(ev))
+            if i % 30 == 0:
+                bad = next(bad_iter, None)
+                if bad:
+                    producer.send(settings.topic(bad[0]), key=bad[1], value=bad[2])
+        for bad in bad_iter:
+            producer.send(settings.topic(bad[0]), key=bad[1], value=bad[2])
+        producer.flush(30)
+        producer.close()
+
+        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events), 120, worker)
+        dead = consume_until(kafka_bootstrap, settings.dead_letter_topic, len(corpus), 30, worker)
+
+        # exactly one prediction per valid event, keyed by its user
+        assert len(preds) == len(events), worker.tail()
+        msgs = [msgpack.unpackb(r.value, raw=False) for r in preds]
+        sources = {(m["event"]["topic"], m["event"]["partition"], m["event"]["offset"]) for m in msgs}
+        assert len(sources) == len(events)
+        for rec, m in zip(preds, msgs):
+            assert rec.key == user_key(m["user_id"])
+            assert set(m) >= {"user_id", "event", "model_version", "next_action", "next_items",
+                              "churn_risk", "produced_at"}
+            assert m["model_version"] == 3
+            assert len(m["next_items"]) == 20
+            assert abs(sum(m["next_action"].values()) - 1) < 1e-3
+        sent = sorted((e.user_id, e.item_id, e.ts) for e in events)
+        got = sorted((m["user_id"], m["event"]["item_id"], m["event"]["ts"]) for m in msgs)
+        assert got == sent
+
+        # every bad message is in dead-letter with the right reason and its original bytes
+        assert len(dead) == len(corpus)
+        reasons = sorted(msgpack.unpackb(r.value, raw=False)["reason"] for r in dead)
+        assert reasons == sorted(c[3] for c in corpus)
+        originals = {msgpack.unpackb(r.value, raw=False)["value"] for r in dead}
+        assert originals == {c[2] for c in corpus}
+
+        # per user, the last prediction counts all of that user's events
+        count = {u: sum(e.user_id == u for e in events) for u in range(N_USERS)}
+        last = {}
+        for m in msgs:
+            last[m["user_id"]] = max(last.get(m["user_id"], 0), m["user_events"])
+        assert last == {u: c for u, c in count.items() if c}
+    finally:
+        worker.stop()
+
+    # Restart with an EMPTY data dir: state must come back from the changelog, not reset.
+    user = max(count, key=count.get)
+    worker = Worker(settings, checkpoint, tmp_path / "state-b", tmp_path / "worker2.log")
+    try:
+        later = LogEvent(user, 1, "cart", T0 + 10**9, category_id=1)
+        send_events(kafka_bootstrap, settings, [later])
+        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events) + 1, 120, worker)
+        assert len(preds) == len(events) + 1, worker.tail()
+        [newest] = [m for m in map(lambda r: msgpack.unpackb(r.value, raw=False), preds)
+                    if m["event"]["ts"] == later.ts_ms]
+        assert newest["user_id"] == user
+        assert newest["user_events"] == count[user] + 1
+    finally:
+        worker.stop()
