@@ -24,6 +24,7 @@ import msgpack
 from faust.streams import _current_event  # the contextvar faust's tables read
 
 from stream.app import Wiring
+from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
 from stream.events import Event, Invalid, decode_event, dead_letter_headers, dead_letter_value, user_key
 from stream.scoring import Scorer
@@ -37,7 +38,11 @@ class WorkerMetrics:
     events_in: int = 0
     predictions: int = 0
     dead_letter: Counter = field(default_factory=Counter)
-    late: int = 0
+    late: int = 0  # arrived after a later event of the same user
+    churn_alerts: int = 0
+    churn_returns: int = 0
+    sweeps: int = 0
+    sweep_seconds: float = 0.0
     batches: int = 0
     batch_seconds: float = 0.0
     state_bytes: int = 0  # sum of encoded state sizes written (for bytes/user)
@@ -51,6 +56,9 @@ class WorkerMetrics:
             "predictions": self.predictions,
             "dead_letter": dict(self.dead_letter),
             "late": self.late,
+            "churn_alerts": self.churn_alerts,
+            "churn_returns": self.churn_returns,
+            "mean_sweep_ms": round(1000 * self.sweep_seconds / max(self.sweeps, 1), 3),
             "batches": self.batches,
             "mean_batch_ms": round(1000 * self.batch_seconds / max(self.batches, 1), 2),
             "mean_state_bytes": round(self.state_bytes / max(self.state_writes, 1), 1),
@@ -68,6 +76,10 @@ class ScoringPipeline:
         self.wiring = wiring
         self.scorer = scorer
         self.metrics = WorkerMetrics()
+        self.clock = PartitionClock(settings.allowed_lateness_ms)
+        self.due = DueIndex()
+        # the scoring agent and the churn-command agent both write user state
+        self.state_lock = asyncio.Lock()
         # torch releases the GIL, but the model must see one batch at a time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
@@ -118,6 +130,10 @@ class ScoringPipeline:
         _set_current_event(None)
 
     async def process(self, batch: Sequence[Any]) -> None:
+        async with self.state_lock:
+            await self._process(batch)
+
+    async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
         self.metrics.events_in += len(batch)
         valid, invalid = self.decode(batch)
@@ -126,6 +142,8 @@ class ScoringPipeline:
         if valid:
             states, last_event = self.load_states(valid)
             events = [ev for ev, _ in valid]
+            for ev in events:
+                self.clock.observe(ev.partition, ev.ts)
             loop = asyncio.get_running_loop()
             try:
                 predictions = await loop.run_in_executor(
@@ -139,15 +157,66 @@ class ScoringPipeline:
                         fev.message.key, fev.message.value, ev.topic, ev.partition, ev.offset))
                 return
             self.store_states(states, last_event)
+            policy = self.scorer.churn
+            for user_id, st in states.items():
+                self.due.update(last_event[user_id].message.partition, user_id, policy.due_ts(st))
             now_ms = int(time.time() * 1000)
             send = self.wiring.predictions.send
             for p in predictions:
                 self.metrics.late += p.late
-                await send(key=user_key(p.user_id),
-                           value=msgpack.packb(p.to_message(now_ms), use_bin_type=True))
+                key = user_key(p.user_id)
+                await send(key=key, value=msgpack.packb(p.to_message(now_ms), use_bin_type=True))
+                for msg in p.churn_messages:
+                    await self.send_churn(key, msg, p.event.partition)
             self.metrics.predictions += len(predictions)
         self.metrics.batches += 1
         self.metrics.batch_seconds += time.perf_counter() - started
+
+
+    async def send_churn(self, key: bytes, msg: dict, partition: int) -> None:
+        if msg["type"] == "churn":
+            self.metrics.churn_alerts += 1
+        else:
+            self.metrics.churn_returns += 1
+        await self.wiring.churn_alerts.send(key=key, value=msgpack.packb(msg, use_bin_type=True),
+                                            partition=partition)
+
+    async def sweep(self) -> None:
+        """Find due users in event time; ask the table's owner to alert them (no table writes)."""
+        started = time.perf_counter()
+        for partition in list(self.clock.newest):
+            clock_ts = self.clock.now(partition)
+            if clock_ts is None:
+                continue
+            for user_id in self.due.pop_due(partition, clock_ts):
+                await self.wiring.churn_commands.send(
+                    key=user_key(user_id), partition=partition,
+                    value=msgpack.packb({"user_id": user_id, "clock_ts": clock_ts}))
+        self.metrics.sweeps += 1
+        self.metrics.sweep_seconds += time.perf_counter() - started
+
+    async def apply_churn_command(self, fev: Any) -> None:
+        """Runs with faust's current event set: re-check the user is due, mark, publish."""
+        try:
+            cmd = msgpack.unpackb(fev.message.value, raw=False)
+            user_id, clock_ts = int(cmd["user_id"]), int(cmd["clock_ts"])
+        except Exception:
+            log.warning("ignoring a malformed churn command at offset %s", fev.message.offset)
+            return
+        async with self.state_lock:
+            key = user_key(user_id)
+            raw = self.wiring.states.get(key)
+            if raw is None:
+                return
+            st = decode_state(raw)
+            due = self.scorer.churn.due_ts(st)
+            if due is None or due > clock_ts:
+                return  # the user came back (or was alerted) since the sweep looked
+            st.churn_alerted = True
+            self.wiring.states[key] = encode_state(st)
+            await self.send_churn(key, alert_message(st, self.scorer.churn,
+                                                     self.scorer.scoring.version),
+                                  fev.message.partition)
 
 
 def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s: float = 10.0) -> None:
@@ -163,6 +232,15 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
             except Exception:
                 # take_events acks the batch anyway; make the loss loud rather than silent
                 log.exception("batch of %d events failed after scoring", len(batch))
+
+    @app.agent(wiring.churn_commands, name=f"{settings.app_id}-churn-commands")
+    async def churn_commands(stream):  # noqa: ANN001
+        async for fev in stream.events():
+            await pipeline.apply_churn_command(fev)
+
+    @app.timer(interval=settings.churn_sweep_s)
+    async def churn_sweep() -> None:
+        await pipeline.sweep()
 
     @app.timer(interval=report_every_s)
     async def report() -> None:

@@ -27,7 +27,10 @@ class Settings:
     top_k: int = 20
     ring: int = 50  # L: events kept per user
     max_value_bytes: int = 64 * 1024
-    allowed_lateness_ms: int = 60_000
+    allowed_lateness_ms: int = 60_000  # the event-time clock trails the newest event by this
+    churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
+    churn_risk_threshold: float = 0.5  # ...when the last churn risk was at least this
+    churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off
     rocksdb_block_cache_mb: int = 32
@@ -52,6 +55,10 @@ class Settings:
     @property
     def churn_alerts_topic(self) -> str:
         return self.topic("churn-alerts")
+
+    @property
+    def churn_commands_topic(self) -> str:
+        return self.topic("churn-commands")
 
     @property
     def model_updates_topic(self) -> str:
@@ -80,6 +87,10 @@ class Settings:
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):
             raise ConfigError("processing guarantee must be at_least_once or exactly_once, "
                               f"got {self.processing_guarantee!r}")
+        if not 0.0 <= self.churn_risk_threshold <= 1.0:
+            raise ConfigError(f"churn risk threshold must be in 0..1, got {self.churn_risk_threshold}")
+        if self.churn_inactivity_ms < 1 or self.allowed_lateness_ms < 0:
+            raise ConfigError("churn inactivity must be positive and allowed lateness not negative")
         if self.model and not Path(self.model).is_file():
             raise ConfigError(f"model checkpoint not found: {self.model}")
         if any(c.isspace() for c in self.prefix) or any(c.isspace() for c in self.app_id):

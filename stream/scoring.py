@@ -19,6 +19,7 @@ import torch
 from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucket
 from models.retrieval import top_k
 from models.schema import ACTION_INDEX, ACTIONS
+from stream.churn import ChurnPolicy, on_event
 from stream.events import Event
 from stream.state import Insertion, RingEntry, UserState, insert_event
 
@@ -35,6 +36,7 @@ class Prediction:
     churn_risk: float
     late: bool
     user_events: int  # the user's event count after this event: state continuity
+    churn_messages: tuple[dict, ...] = ()  # alerts / returns this event closed (churn-alerts)
 
     def to_message(self, produced_at_ms: int | None = None) -> dict:
         ev = self.event
@@ -75,10 +77,12 @@ class ScoringModel:
 class Scorer:
     """Turns (states, events) into (new states, predictions). Not thread-safe: one executor."""
 
-    def __init__(self, scoring: ScoringModel, *, ring_size: int = 50, top_k: int = 20) -> None:
+    def __init__(self, scoring: ScoringModel, *, ring_size: int = 50, top_k: int = 20,
+                 churn: ChurnPolicy | None = None) -> None:
         self.scoring = scoring
         self.ring_size = ring_size
         self.k = top_k
+        self.churn = churn or ChurnPolicy()
 
     def swap(self, scoring: ScoringModel) -> None:
         """Hot-swap the model between two batches. Old hidden states refresh lazily."""
@@ -191,6 +195,7 @@ class Scorer:
         inserts: list[Insertion] = []
         entries: list[RingEntry] = []
         prevs: list[int | None] = []  # event time of each new event's predecessor (its gap)
+        churn_msgs: list[list[dict]] = []
         for pos in positions:
             ev = events[pos]
             st = states.get(ev.user_id)
@@ -200,6 +205,7 @@ class Scorer:
             entry = RingEntry(ev.item_id, ev.category_id if ev.category_id is not None else -1,
                               ACTION_INDEX[ev.action], ev.ts)
             prevs.append(st.last_entry.ts if st.last_entry is not None else st.anchor_ts)
+            churn_msgs.append(on_event(st, ev.ts, self.churn, self.scoring.version))
             inserts.append(insert_event(st, entry, self.ring_size))
             wave_states.append(st)
             entries.append(entry)
@@ -236,6 +242,7 @@ class Scorer:
         version = self.scoring.version
         for row, pos in enumerate(positions):
             ev = events[pos]
+            wave_states[row].churn_risk = float(churn[row])
             finite = np.isfinite(scores[row])
             results[pos] = Prediction(
                 user_id=ev.user_id, event=ev, model_version=version,
@@ -243,5 +250,5 @@ class Scorer:
                 next_items=[(int(i), round(float(s), 6))
                             for i, s, ok in zip(raw[row], scores[row], finite) if ok],
                 churn_risk=round(float(churn[row]), 6), late=inserts[row].late,
-                user_events=wave_states[row].n_events,
+                user_events=wave_states[row].n_events, churn_messages=tuple(churn_msgs[row]),
             )

@@ -47,6 +47,7 @@ class UserState:
     first_ts: int | None = None
     last_ts: int | None = None  # the user's own event-time high-water mark
     churn_alerted: bool = False  # one alert per inactivity episode; re-armed by a new event
+    churn_risk: float = 0.0  # the model's churn risk after the last event
 
     @property
     def last_entry(self) -> RingEntry | None:
@@ -68,7 +69,8 @@ def insert_event(state: UserState, entry: RingEntry, ring_size: int) -> Insertio
     state.n_events += 1
     state.n_by_action[entry.action] += 1
     state.first_ts = entry.ts if state.first_ts is None else min(state.first_ts, entry.ts)
-    state.churn_alerted = False
+    if entry.ts >= (state.last_ts or entry.ts):
+        state.churn_alerted = False  # a return re-arms the alert; a late event does not
     late = state.last_ts is not None and entry.ts < state.last_ts
     if late:
         state.n_late += 1
@@ -119,6 +121,7 @@ def encode_state(state: UserState) -> bytes:
         "ft": state.first_ts,
         "lt": state.last_ts,
         "ca": state.churn_alerted,
+        "cr": round(float(state.churn_risk), 6),
     }, use_bin_type=True)
 
 
@@ -134,5 +137,5 @@ def decode_state(data: bytes) -> UserState:
         user_id=d["u"], ring=ring, hidden=_unpack_vector(d["h"]), anchor=_unpack_vector(d["ah"]),
         anchor_ts=d["at"], model_version=d["mv"], n_events=d["n"], n_by_action=list(d["na"]),
         n_late=d["nl"], n_too_late=d["ntl"], first_ts=d["ft"], last_ts=d["lt"],
-        churn_alerted=d["ca"],
+        churn_alerted=d["ca"], churn_risk=d.get("cr", 0.0),
     )

@@ -31,6 +31,7 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
         TopicSpec(settings.predictions_topic, partitions, week),
         TopicSpec(settings.dead_letter_topic, partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicSpec(settings.churn_alerts_topic, partitions, week),
+        TopicSpec(settings.churn_commands_topic, partitions, {"retention.ms": str(24 * 3600 * 1000)}),
         TopicSpec(settings.state_changelog_topic, partitions, compact),
         TopicSpec(settings.model_updates_topic, 1, compact),
         TopicSpec(settings.topic("training-samples"), 1, {"retention.ms": str(24 * 3600 * 1000)}),
@@ -71,11 +72,12 @@ def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int | None]
 
 def check_copartitioned(bootstrap: str, settings: Settings) -> int:
     """The partition count of the inputs, or TopicError if they or the changelog disagree."""
-    names = settings.input_topics + [settings.state_changelog_topic]
+    keyed = settings.input_topics + [settings.churn_commands_topic]
+    names = keyed + [settings.state_changelog_topic]
     counts = partition_counts(bootstrap, names)
-    missing = [t for t in settings.input_topics if counts[t] is None]
+    missing = [t for t in keyed if counts[t] is None]
     if missing:
-        raise TopicError(f"input topics missing: {', '.join(missing)} "
+        raise TopicError(f"topics missing: {', '.join(missing)} "
                          f"(run: seqstream topics create --partitions N"
                          f"{' --prefix ' + settings.prefix if settings.prefix else ''})")
     present = {t: n for t, n in counts.items() if n is not None}

@@ -50,6 +50,7 @@ def run_worker(settings: Settings) -> int:
 
     from stream.agents import ScoringPipeline, register_agents
     from stream.app import create_app
+    from stream.churn import ChurnPolicy
     from stream.scoring import Scorer
     from stream.topics import check_copartitioned
 
@@ -59,8 +60,11 @@ def run_worker(settings: Settings) -> int:
     partitions = check_copartitioned(bootstrap, settings)
     scoring = load_scoring_model(settings)
     wiring = create_app(settings, bootstrap, partitions)
-    pipeline = ScoringPipeline(settings, wiring,
-                               Scorer(scoring, ring_size=settings.ring, top_k=settings.top_k))
+    policy = ChurnPolicy(inactivity_ms=settings.churn_inactivity_ms,
+                         risk_threshold=settings.churn_risk_threshold,
+                         allowed_lateness_ms=settings.allowed_lateness_ms)
+    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=settings.ring,
+                                                        top_k=settings.top_k, churn=policy))
     register_agents(wiring, pipeline)
     log.info("worker %s on %s: %d partitions, model version %d on %s", settings.app_id,
              bootstrap, partitions, scoring.version, scoring.device)
