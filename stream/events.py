@@ -145,7 +145,11 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
     try:
         user_id = _int_field(body, "user_id", True)
         item_id = _int_field(body, "item_id", True)
-        ts = _int_field(body, "ts", True)
+        ts = body.get("ts")
+        if ts is None:
+            raise _Bad(Reason.MISSING_FIELD, "field 'ts' is required")
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise _Bad(Reason.BAD_TYPE, f"field 'ts' must be an integer, got {type(ts).__name__}")
         category_id = _int_field(body, "category_id", False)
         session_id = _int_field(body, "session_id", False)
         quantity = _int_field(body, "quantity", False)

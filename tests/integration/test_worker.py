@@ -174,7 +174,7 @@ def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, depl
             assert m["model_version"] == 3
             assert len(m["next_items"]) == 20
             assert abs(sum(m["next_action"].values()) - 1) < 1e-3
-        sent = sorted((e.user_id, e.item_id, e.ts) for e in events)
+        sent = sorted((e.user_id, e.item_id, e.ts_ms) for e in events)
         got = sorted((m["user_id"], m["event"]["item_id"], m["event"]["ts"]) for m in msgs)
         assert got == sent
 

@@ -41,6 +41,8 @@ def test_encode_value_matches_decoder():
     (b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "price": "cheap"}), Reason.BAD_TYPE),
     (b"1", pack({"user_id": 1, "item_id": 2, "ts": 1_700_000_000}), Reason.BAD_TIMESTAMP),
     (b"1", pack({"user_id": 1, "item_id": 2, "ts": 0}), Reason.BAD_TIMESTAMP),
+    (b"1", pack({"user_id": 1, "item_id": 2, "ts": -5}), Reason.BAD_TIMESTAMP),
+    (b"1", pack({"user_id": 1, "item_id": 2, "ts": "now"}), Reason.BAD_TYPE),
     (b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "pad": "x" * MAX_VALUE_BYTES}), Reason.OVERSIZED),
     (b"2", pack({"user_id": 1, "item_id": 2, "ts": TS}), Reason.KEY_MISMATCH),
     (None, pack({"user_id": 1, "item_id": 2, "ts": TS}), Reason.KEY_MISMATCH),
