@@ -18,7 +18,7 @@ import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import msgpack
 from faust.streams import _current_event  # the contextvar faust's tables read
@@ -27,7 +27,7 @@ from stream.app import Wiring
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
 from stream.events import Event, Invalid, decode_event, dead_letter_headers, dead_letter_value, user_key
-from stream.scoring import Scorer
+from stream.scoring import Prediction, Scorer, ScoringModel
 from stream.state import UserState, decode_state, encode_state
 
 log = logging.getLogger("seqstream.worker")
@@ -80,6 +80,14 @@ class ScoringPipeline:
         self.due = DueIndex()
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
+        # extension points: called after each batch's states are stored (e.g. training-sample
+        # capture), and a model version waiting to be swapped in between two batches
+        self.after_batch: list[Callable[[dict[int, UserState], list[Prediction]], Awaitable[None]]] = []
+        self._pending_model: ScoringModel | None = None
+
+    def request_swap(self, scoring: ScoringModel) -> None:
+        """Serve `scoring` from the next batch on; never in the middle of one."""
+        self._pending_model = scoring
         # torch releases the GIL, but the model must see one batch at a time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
@@ -135,6 +143,10 @@ class ScoringPipeline:
 
     async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
+        if self._pending_model is not None:
+            self.scorer.swap(self._pending_model)
+            log.info("now serving model version %d", self._pending_model.version)
+            self._pending_model = None
         self.metrics.events_in += len(batch)
         valid, invalid = self.decode(batch)
         for bad in invalid:
@@ -169,6 +181,8 @@ class ScoringPipeline:
                 for msg in p.churn_messages:
                     await self.send_churn(key, msg, p.event.partition)
             self.metrics.predictions += len(predictions)
+            for hook in self.after_batch:
+                await hook(states, predictions)
         self.metrics.batches += 1
         self.metrics.batch_seconds += time.perf_counter() - started
 
