@@ -84,12 +84,12 @@ class ScoringPipeline:
         # capture), and a model version waiting to be swapped in between two batches
         self.after_batch: list[Callable[[dict[int, UserState], list[Prediction]], Awaitable[None]]] = []
         self._pending_model: ScoringModel | None = None
+        # torch releases the GIL, but the model must see one batch at a time
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
     def request_swap(self, scoring: ScoringModel) -> None:
         """Serve `scoring` from the next batch on; never in the middle of one."""
         self._pending_model = scoring
-        # torch releases the GIL, but the model must see one batch at a time
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
     def decode(self, batch: Sequence[Any]) -> tuple[list[tuple[Event, Any]], list[Invalid]]:
         valid: list[tuple[Event, Any]] = []

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import shutil
 import signal
@@ -78,7 +77,7 @@ def demo_model(path: Path, seed: int) -> Path:
 
     print(f"demo: training a small model on generated history (once; cached at {path})")
     log = generate(GeneratorConfig(users=2000, events=60_000, seed=seed))
-    ckpt = train_model(log.events, TrainConfig(epochs=2, hidden=64, emb=64, seed=seed))
+    ckpt = train_model(log.events(), TrainConfig(epochs=2, hidden=64, emb=64, seed=seed))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, ckpt.model, ckpt.item_vocab, ckpt.category_vocab, version=1,
                     meta={"source": "seqstream demo", "seed": seed})
@@ -90,7 +89,8 @@ def live_events(seed: int):
     from models.synthetic import GeneratorConfig, generate
 
     log = generate(GeneratorConfig(users=2000, events=200_000, seed=seed + 1))
-    return itertools.cycle(log.events)
+    while True:
+        yield from log.events()
 
 
 def produce(bootstrap: str, settings: Settings, rate: float, seed: int, view: LiveView,

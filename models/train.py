@@ -1,0 +1,610 @@
+"""Offline training of `models.gru.SeqModel` from LogEvents, and the evaluation `GRURanker`.
+
+Data: one sequence per user, ordered by (ts, row). Mini-batches hold users of similar length
+(padded on the right); each batch is walked in truncated-BPTT chunks of `bptt` steps with the
+hidden state carried (detached) between chunks, so arbitrarily long histories train in bounded
+memory and the GRU sees the same long-range state it will carry when serving.
+
+Objective, per step t (after event t, predicting event t+1):
+- item: -log p(target) under the copy/explore mixture. The explore softmax is estimated with
+  sampled negatives: `negatives` items drawn ∝ pop^alpha and shared by the mini-batch plus the
+  batch's own targets (in-batch negatives, drawn ∝ pop). The normaliser is an importance-sampled
+  estimate with the mixture proposal of both (log-Q correction), so p_explore is calibrated
+  against the copy path;
+- category: the same mixture with an exact softmax (categories are few);
+- next action: cross-entropy; churn: BCE with label "no further event within horizon_s".
+  The last event of a user whose horizon runs past the end of the data is censored (masked).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from models.gru import (GAP_FIRST, UNKNOWN, Checkpoint, ModelConfig, Recent, SeqModel, Vocab,
+                        gap_bucket, recent_windows, save_checkpoint)
+from models.schema import ACTION_INDEX, LogEvent
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    batch: int = 8  # users per mini-batch (small: more updates on small logs)
+    bptt: int = 64  # steps per truncated-BPTT chunk
+    negatives: int = 512  # shared sampled negatives per chunk (plus in-batch targets)
+    alpha: float = 0.5  # negatives ∝ pop^alpha
+    horizon_s: float = 24 * 3600.0  # churn horizon
+    w_category: float = 1.0
+    w_action: float = 0.5
+    w_churn: float = 0.5
+    clip: float = 5.0
+    seed: int = 0
+    device: str | None = None  # None: cuda when available
+    max_items: int = 500_002  # vocabulary capacities (incl. padding and unknown)
+    max_categories: int = 50_002
+    hidden: int = 64
+    emb: int = 64
+    ring: int = 100  # L of the copy path; a longer ring reaches older revisits (see report)
+    dropout: float = 0.25
+    copy_ids: bool = False  # id embeddings in copy keys overfit on small logs
+    vocab_cutoff: float | None = 0.8  # see cutoff_view; None = train on sequences as they are
+    known_targets_only: bool = True  # item/category loss only on ids seen earlier in the log
+    threads: int = 2  # torch CPU threads (we share machines)
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Sequences
+
+
+@dataclass
+class SeqData:
+    """Events sorted by (user, ts, row) as flat arrays; user u owns rows starts[u]:starts[u+1]."""
+
+    users: np.ndarray  # raw user id per sequence
+    starts: np.ndarray  # [n_users + 1]
+    items: np.ndarray  # vocabulary indices
+    cats: np.ndarray
+    actions: np.ndarray
+    ts: np.ndarray  # float64 seconds
+    item_new: np.ndarray | None = None  # first occurrence of the item in the whole log (by time)
+    cat_new: np.ndarray | None = None
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def events_to_arrays(events: Iterable[LogEvent]) -> dict[str, np.ndarray]:
+    """Raw columns of LogEvents: user, item, category (-1 if none), action index, ts_s, row."""
+    cols: dict[str, list] = {k: [] for k in ("user", "item", "cat", "action", "ts", "row")}
+    for i, e in enumerate(events):
+        cols["user"].append(e.user_id)
+        cols["item"].append(e.item_id)
+        cols["cat"].append(-1 if e.category_id is None else e.category_id)
+        cols["action"].append(ACTION_INDEX[e.action])
+        cols["ts"].append(e.ts_ms)
+        cols["row"].append(e.row if e.row is not None else i)
+    out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
+    out["ts"] = out["ts"].astype(np.float64) / 1000.0
+    return out
+
+
+def make_seqdata(user: np.ndarray, items: np.ndarray, cats: np.ndarray, actions: np.ndarray,
+                 ts: np.ndarray, row: np.ndarray | None = None) -> SeqData:
+    """Stable sort by (user, ts, row) and cut into per-user sequences (ids already indexed)."""
+    row = np.arange(len(user)) if row is None else row
+    order = np.lexsort((row, ts, user))
+    u = user[order]
+    cut = np.flatnonzero(np.diff(u)) + 1
+    starts = np.concatenate([[0], cut, [len(u)]]).astype(np.int64)
+    by_time = np.lexsort((row, ts))
+    return SeqData(u[starts[:-1]] if len(u) else u, starts, items[order], cats[order],
+                   actions[order], ts[order].astype(np.float64),
+                   first_occurrence(items, by_time)[order], first_occurrence(cats, by_time)[order])
+
+
+def cutoff_view(data: SeqData, quantile: float) -> SeqData:
+    """Simulate a vocabulary frozen at the `quantile` of event time: later events whose item had
+    not occurred before that time are removed, as if their ids were unknown to the model.
+
+    Why: a deployed model (and the evaluation protocol) never sees events of items it has no row
+    for -- they are dropped from the user's context. Sequences look different then (e.g.
+    "A, new, A" reaches the model as "A, A"), and training on the same kind of sequences
+    teaches the copy path what such contexts mean."""
+    if len(data) == 0 or not 0 < quantile < 1:
+        return data
+    q = float(np.quantile(data.ts, quantile))
+    before = data.ts < q
+    known = np.zeros(int(data.items.max()) + 1, dtype=bool)
+    known[data.items[before]] = True
+    keep = before | known[data.items]
+    user = np.repeat(np.arange(len(data.users)), data.lengths)[keep]
+    counts = np.bincount(user, minlength=len(data.users))
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    sub = lambda a: None if a is None else a[keep]  # noqa: E731
+    return SeqData(data.users, starts, data.items[keep], data.cats[keep], data.actions[keep],
+                   data.ts[keep], sub(data.item_new), sub(data.cat_new))
+
+
+def first_occurrence(ids: np.ndarray, by_time: np.ndarray) -> np.ndarray:
+    """True where an event's id occurs for the first time in the log (in time order)."""
+    first = np.zeros(len(ids), dtype=bool)
+    _, i = np.unique(ids[by_time], return_index=True)
+    first[by_time[i]] = True
+    return first
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class Batch:
+    """Right-padded [B, T] tensors of a group of users plus next-event targets."""
+
+    items: Tensor
+    cats: Tensor
+    actions: Tensor
+    ts: Tensor  # float64 seconds
+    gaps: Tensor
+    mask: Tensor
+    next_item: Tensor  # 0 where there is no next event
+    next_cat: Tensor
+    next_action: Tensor  # -1 where there is no next event
+    churn: Tensor  # float label
+    churn_mask: Tensor
+
+
+def make_batch(data: SeqData, users: np.ndarray, horizon_s: float, data_end: float,
+               n_gap_buckets: int, device: torch.device, train_known_only: bool = True) -> Batch:
+    lens = data.lengths[users]
+    B, T = len(users), int(lens.max())
+    idx = np.zeros((B, T), dtype=np.int64)
+    mask = np.zeros((B, T), dtype=bool)
+    for b, u in enumerate(users):
+        idx[b, : lens[b]] = np.arange(data.starts[u], data.starts[u + 1])
+        mask[b, : lens[b]] = True
+    g = lambda a: np.where(mask, a[idx], 0)  # noqa: E731
+    items, cats, actions, ts = g(data.items), g(data.cats), g(data.actions), g(data.ts).astype(np.float64)
+    gaps = np.where(mask, gap_bucket(np.diff(ts, prepend=ts[:, :1]), n_gap_buckets), 0)
+    gaps[:, 0] = GAP_FIRST
+    has_next = np.zeros_like(mask)
+    has_next[:, :-1] = mask[:, 1:]
+    shift = lambda a, fill: np.where(has_next, np.roll(a, -1, axis=1), fill)  # noqa: E731
+    next_ts = shift(ts, np.inf)
+    # churn: 1 if the next event is more than horizon_s later (or never comes, uncensored)
+    churn = (next_ts - ts) > horizon_s
+    censored = ~has_next & (ts + horizon_s > data_end)
+    next_item, next_cat = shift(items, 0), shift(cats, 0)
+    # Targets whose id had never occurred before in the log are not trained on: no model can
+    # recommend an id it has not seen, serving maps such ids to "unknown", and the evaluation
+    # protocol drops them. Training on them would teach the gate that most next items are
+    # brand-new, which is false for everything the model can actually rank.
+    if train_known_only and data.item_new is not None:
+        next_item = np.where(shift(g(data.item_new).astype(bool), True), 0, next_item)
+        next_cat = np.where(shift(g(data.cat_new).astype(bool), True), 0, next_cat)
+    t = lambda a, dt=torch.long: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
+    return Batch(t(items), t(cats), t(actions), t(ts, torch.float64), t(gaps), t(mask, torch.bool),
+                 t(next_item), t(next_cat), t(shift(actions, -1)),
+                 t(churn, torch.float32), t(mask & ~censored, torch.bool))
+
+
+def chunk_recent(batch: Batch, s: int, e: int, ring: int, n_gap_buckets: int) -> Recent:
+    """Recent rings [B, e-s, L] for steps s..e-1, using up to L-1 earlier steps as context."""
+    a = max(0, s - ring + 1)
+    r = recent_windows(batch.items[:, a:e], batch.cats[:, a:e], batch.actions[:, a:e],
+                       batch.ts[:, a:e], batch.mask[:, a:e], ring, n_gap_buckets)
+    k = s - a
+    return Recent(r.items[:, k:], r.categories[:, k:], r.actions[:, k:], r.age[:, k:], r.mask[:, k:])
+
+
+def flat_recent(r: Recent, sel: Tensor) -> Recent:
+    """[B, T, L] rings -> [N, L] rows at the boolean positions `sel` [B, T]."""
+    return Recent(r.items[sel], r.categories[sel], r.actions[sel], r.age[sel], r.mask[sel])
+
+
+# --------------------------------------------------------------------------------------------
+# Loss
+
+
+class NegativeSampler:
+    """Shared negatives ∝ pop^alpha, plus the proposal probabilities for the log-Q correction."""
+
+    def __init__(self, counts: np.ndarray, alpha: float, device: torch.device):
+        c = torch.as_tensor(counts, dtype=torch.float64)
+        c[:2] = 0  # never sample padding/unknown
+        pa = c.pow(alpha) * (c > 0)
+        self.q_alpha = (pa / pa.sum().clamp(min=1e-12)).float().to(device)
+        self.q_pop = (c / c.sum().clamp(min=1e-12)).float().to(device)
+        self.device = device
+
+    def sample(self, k: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.multinomial(self.q_alpha, k, replacement=True, generator=generator)
+
+
+def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
+                  shared_neg: Tensor, sampler: NegativeSampler) -> Tensor:
+    """log p(target) [N] under the copy/explore mixture with a sampled explore normaliser."""
+    log_attn, gate = model.copy_item(h, recent)
+    hit = (recent.items == target.unsqueeze(1)) & recent.mask
+    in_ring = hit.any(1)
+    log_rep = torch.logsumexp(log_attn.masked_fill(~hit, float("-inf")), 1)
+    # explore: target logit vs importance-weighted negatives (shared ∝ pop^alpha + in-batch ∝ pop)
+    inb = target if len(target) <= 1024 else target[torch.randperm(len(target), device=h.device)[:1024]]
+    cand = torch.cat([shared_neg, inb])
+    K, M = len(shared_neg), len(inb)
+    q = model.item_query(model.drop(h))
+    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target]
+    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand])
+    log_q = torch.log(K * sampler.q_alpha[cand] + M * sampler.q_pop[cand]).clamp(min=-30)
+    o_c = (o_c - log_q).masked_fill(cand.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
+    log_z = torch.logsumexp(torch.cat([o_t.unsqueeze(1), o_c], 1), 1)
+    log_exp = o_t - log_z
+    return torch.where(in_ring, F.logsigmoid(gate) + log_rep, F.logsigmoid(-gate) + log_exp)
+
+
+def category_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor) -> Tensor:
+    la, g = model.copy_category(h, recent)
+    logp = model.mixture(la, g, recent.categories, model.cat_explore_logits(h), model.cat_valid)
+    return logp.gather(1, target.unsqueeze(1)).squeeze(1)
+
+
+@dataclass
+class LossParts:
+    total: Tensor
+    item: float
+    n: int
+
+
+def chunk_loss(model: SeqModel, batch: Batch, s: int, e: int, h0: Tensor, cfg: TrainConfig,
+               sampler: NegativeSampler, gen: torch.Generator | None) -> tuple[Tensor, Tensor, float, int]:
+    """Loss of steps s..e-1 of a batch; returns (loss, h at the chunk end, item nll, n items)."""
+    mc = model.cfg
+    sl = slice(s, e)
+    out, h_end = model.encode(h0, batch.items[:, sl], batch.cats[:, sl], batch.actions[:, sl],
+                              batch.gaps[:, sl])
+    # carry each user's state from its last real step in the chunk (padding comes at the end)
+    lens = batch.mask[:, sl].sum(1)
+    idx = (lens - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
+    h_end = torch.where((lens > 0).unsqueeze(1), out.gather(1, idx).squeeze(1), h0)
+    recent = chunk_recent(batch, s, e, mc.ring, mc.n_gap_buckets)
+    total = out.new_zeros(())
+    ti = batch.next_item[:, sl]
+    sel = batch.mask[:, sl] & (ti > UNKNOWN)
+    item_nll, n_item = 0.0, int(sel.sum())
+    if n_item:
+        lp = item_log_prob(model, out[sel], flat_recent(recent, sel), ti[sel],
+                           sampler.sample(cfg.negatives, gen), sampler)
+        loss_i = -lp.mean()
+        total = total + loss_i
+        item_nll = float(loss_i.detach())
+    tc = batch.next_cat[:, sl]
+    selc = batch.mask[:, sl] & (tc > UNKNOWN)
+    if selc.any() and cfg.w_category > 0:
+        lp = category_log_prob(model, out[selc], flat_recent(recent, selc), tc[selc])
+        total = total + cfg.w_category * -lp.mean()
+    ta = batch.next_action[:, sl]
+    sela = batch.mask[:, sl] & (ta >= 0)
+    if sela.any() and cfg.w_action > 0:
+        total = total + cfg.w_action * F.cross_entropy(model.action_head(model.drop(out[sela])), ta[sela])
+    selh = batch.churn_mask[:, sl]
+    if selh.any() and cfg.w_churn > 0:
+        logit = model.churn_head(model.drop(out[selh])).squeeze(-1)
+        total = total + cfg.w_churn * F.binary_cross_entropy_with_logits(logit, batch.churn[:, sl][selh])
+    return total, h_end, item_nll, n_item
+
+
+# --------------------------------------------------------------------------------------------
+# Training loop
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def user_batches(data: SeqData, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Groups of users of similar length (little padding), in random order."""
+    lens = data.lengths
+    users = np.flatnonzero(lens >= 2)
+    users = users[np.argsort(lens[users] + rng.random(len(users)), kind="stable")]
+    groups = [users[i: i + batch] for i in range(0, len(users), batch)]
+    rng.shuffle(groups)
+    return groups
+
+
+def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: float | None = None,
+              item_counts: np.ndarray | None = None, epochs: int | None = None,
+              optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Train `model` in place on sequences; returns stats (events/s per epoch, last losses)."""
+    device = model.device
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if item_counts is None:
+        item_counts = np.bincount(data.items, minlength=model.cfg.n_items)
+    data_end = float(data.ts.max()) if data_end is None else data_end
+    sampler = NegativeSampler(item_counts, cfg.alpha, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_train = int(np.clip(data.lengths - 1, 0, None).sum())
+    rates, losses = [], []
+    n_epochs = cfg.epochs if epochs is None else epochs
+    model.train()
+    for ep in range(n_epochs):
+        t0, seen, nll_sum, nll_n = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(total=n_train, desc=f"epoch {ep + 1}/{n_epochs}", file=sys.stderr,
+                   disable=not cfg.progress, unit="ev", leave=False)
+        for users in user_batches(data, cfg.batch, rng):
+            b = make_batch(data, users, cfg.horizon_s, data_end, model.cfg.n_gap_buckets, device,
+                           cfg.known_targets_only)
+            h = model.init_hidden(len(users))
+            T = b.items.shape[1]
+            for s in range(0, T, cfg.bptt):
+                e = min(T, s + cfg.bptt)
+                loss, h, nll, n = chunk_loss(model, b, s, e, h, cfg, sampler, gen)
+                h = h.detach()
+                if loss.requires_grad:  # a chunk may hold no targets (e.g. only last events)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                    opt.step()
+                k = int(b.mask[:, s:e].sum())
+                seen += k
+                nll_sum += nll * n
+                nll_n += n
+                bar.update(k)
+                bar.set_postfix(item_nll=f"{nll_sum / max(nll_n, 1):.3f}",
+                                ev_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        rates.append(seen / max(time.perf_counter() - t0, 1e-9))
+        losses.append(nll_sum / max(nll_n, 1))
+    model.eval()
+    return {"events_per_s": rates, "item_nll": losses}
+
+
+def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig) -> tuple[SeqModel, Vocab, Vocab]:
+    iv = Vocab.build(data_items, cfg.max_items)
+    cv = Vocab.build(data_cats[data_cats >= 0], cfg.max_categories)
+    mc = ModelConfig(n_items=len(iv), n_categories=len(cv), hidden=cfg.hidden, emb=cfg.emb,
+                     ring=cfg.ring, dropout=cfg.dropout, copy_ids=cfg.copy_ids)
+    model = SeqModel(mc)
+    model.set_valid(len(iv), len(cv))
+    return model, iv, cv
+
+
+def train_model(events: Iterable[LogEvent], cfg: TrainConfig) -> Checkpoint:
+    """Build vocabularies and a model from LogEvents and train it; returns the checkpoint (v1)."""
+    seed_everything(cfg.seed)
+    a = events_to_arrays(events)
+    if len(a["item"]) < 2:
+        raise ValueError("need at least two events to train")
+    model, iv, cv = build_model(a["item"], a["cat"], cfg)
+    model.to(resolve_device(cfg.device))
+    data = make_seqdata(a["user"], iv.index(a["item"]), cv.index(a["cat"]), a["action"], a["ts"], a["row"])
+    stats = fit_model(model, data, cfg)
+    meta = {"train": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+            "events": len(data), "users": len(data.users),
+            "events_per_s": [round(r, 1) for r in stats["events_per_s"]],
+            "item_nll": [round(x, 4) for x in stats["item_nll"]],
+            "data_start_s": float(a["ts"].min()), "data_end_s": float(a["ts"].max())}
+    meta["train"]["device"] = str(model.device)
+    return Checkpoint(model, iv, cv, 1, meta, model.cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation ranker
+
+
+@torch.no_grad()
+def predict_at(model: SeqModel, data: SeqData, positions: np.ndarray,
+               batch_users: int = 64) -> dict[str, Tensor]:
+    """Predictions after the events at flat `positions` of `data` (each sees its user's events up
+    to and including that position). Returns CPU tensors in the order of `positions`:
+    item_logits, category_logits, action_logits, churn_logit."""
+    model.eval()
+    device, mc = model.device, model.cfg
+    user_of = np.searchsorted(data.starts, positions, side="right") - 1
+    out: dict[str, list[Tensor]] = {k: [] for k in ("item", "cat", "action", "churn", "order")}
+    users = np.unique(user_of)
+    for i in range(0, len(users), batch_users):
+        us = users[i: i + batch_users]
+        b = make_batch(data, us, math.inf, math.inf, mc.n_gap_buckets, device)
+        hs, _ = model.encode(None, b.items, b.cats, b.actions, b.gaps)
+        rec = recent_windows(b.items, b.cats, b.actions, b.ts, b.mask, mc.ring, mc.n_gap_buckets)
+        sel = np.isin(user_of, us)
+        rows = torch.as_tensor(np.searchsorted(us, user_of[sel]), device=device)
+        cols = torch.as_tensor(positions[sel] - data.starts[user_of[sel]], device=device)
+        h = hs[rows, cols]
+        r = Recent(rec.items[rows, cols], rec.categories[rows, cols], rec.actions[rows, cols],
+                   rec.age[rows, cols], rec.mask[rows, cols])
+        p = model.predict(h, r)
+        out["item"].append(p.item_logits.cpu())
+        out["cat"].append(p.category_logits.cpu())
+        out["action"].append(p.action_logits.cpu())
+        out["churn"].append(p.churn_logit.cpu())
+        out["order"].append(torch.as_tensor(np.flatnonzero(sel)))
+    order = torch.cat(out["order"]).argsort()
+    return {"item_logits": torch.cat(out["item"])[order], "category_logits": torch.cat(out["cat"])[order],
+            "action_logits": torch.cat(out["action"])[order], "churn_logit": torch.cat(out["churn"])[order]}
+
+
+class GRURanker:
+    """`models.evaluate.Ranker` for the GRU: fit on the train part, score every candidate in V.
+
+    The model trained by `fit` is cached per train set, so the item and category tasks of one log
+    (same train events) share one training run. Scores are the model's log-probabilities mapped
+    from vocabulary indices to V's order."""
+
+    _cache: dict[tuple, tuple[SeqModel, Vocab, Vocab]] = {}
+
+    def __init__(self, cfg: TrainConfig | None = None, online_lr: float | None = None):
+        self.cfg = cfg or TrainConfig()
+        self.online_lr = online_lr if online_lr is not None else self.cfg.lr / 3
+        self.model: SeqModel | None = None
+        self._seq: tuple[int, SeqData] | None = None
+        self._opt: torch.optim.Optimizer | None = None
+
+    def _train_key(self, data: Any) -> tuple:
+        tr = data.is_train
+        h = hash((data.item[tr].tobytes(), data.category[tr].tobytes(), data.ts[tr].tobytes(),
+                  data.user[tr].tobytes()))
+        return (h, tuple(sorted(asdict(self.cfg).items())))
+
+    def fit(self, data: Any) -> None:
+        key = self._train_key(data)
+        if key not in self._cache:
+            seed_everything(self.cfg.seed)
+            tr = data.is_train
+            model, iv, cv = build_model(data.item[tr], data.category[tr], self.cfg)
+            model.to(resolve_device(self.cfg.device))
+            seq = make_seqdata(data.user[tr], iv.index(data.item[tr]), cv.index(data.category[tr]),
+                               data.action[tr].astype(np.int64), data.ts[tr], data.row[tr])
+            if self.cfg.vocab_cutoff:
+                seq = cutoff_view(seq, self.cfg.vocab_cutoff)
+            fit_model(model, seq, self.cfg, data_end=float(data.ts[tr].max()))
+            self._cache.clear()  # one model at a time: bounded memory
+            self._cache[key] = (model, iv, cv)
+        model, self.item_vocab, self.cat_vocab = self._cache[key]
+        self.model = copy.deepcopy(model)  # online learning must not touch the cached model
+        self._seq, self._opt = None, None
+
+    def _seqdata(self, data: Any) -> SeqData:
+        if self._seq is None or self._seq[0] != id(data):
+            seq = make_seqdata(data.user, self.item_vocab.index(data.item), self.cat_vocab.index(data.category),
+                               data.action.astype(np.int64), data.ts, data.row)
+            self._seq = (id(data), seq)  # data rows are already in (user, ts, row) order
+        return self._seq[1]
+
+    def _predict(self, data: Any, positions: np.ndarray) -> dict[str, Tensor]:
+        assert self.model is not None, "fit first"
+        return predict_at(self.model, self._seqdata(data), np.asarray(positions, dtype=np.int64))
+
+    def score(self, data: Any, event_idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(event_idx, dtype=np.int64)
+        p = self._predict(data, idx - 1)  # the context ends just before the scored event
+        if data.target == "item":
+            cols, logits = self.item_vocab.index(data.V), p["item_logits"]
+        else:
+            cols, logits = self.cat_vocab.index(data.V), p["category_logits"]
+        return logits[:, torch.as_tensor(cols)].double().numpy()
+
+    def action_probs(self, data: Any, event_idx: np.ndarray) -> np.ndarray:
+        p = self._predict(data, np.asarray(event_idx, dtype=np.int64) - 1)
+        return torch.softmax(p["action_logits"].double(), -1).numpy()
+
+    def churn_scores(self, data: Any, event_idx: np.ndarray, horizon_s: float | None = None) -> np.ndarray:
+        """P(no event within the TRAINING horizon) after event i (inclusive)."""
+        p = self._predict(data, np.asarray(event_idx, dtype=np.int64))
+        return torch.sigmoid(p["churn_logit"].double()).numpy()
+
+    def learn(self, data: Any, event_idx: np.ndarray) -> None:
+        """Online: one pass of SGD over the revealed events, each with up to `bptt` events of
+        its user's context (hidden state re-derived from that window)."""
+        assert self.model is not None, "fit first"
+        idx = np.sort(np.asarray(event_idx, dtype=np.int64))
+        if len(idx) == 0:
+            return
+        seq = self._seqdata(data)
+        rows = []
+        for u in np.unique(data.user[idx]):
+            mine = idx[data.user[idx] == u]
+            lo = max(int(data.seq_start[u]), int(mine.min()) - self.cfg.bptt)
+            rows.append(np.arange(lo, int(mine.max()) + 1))
+        r = np.concatenate(rows)
+        sub = make_seqdata(data.user[r], seq.items[r], seq.cats[r], seq.actions[r], seq.ts[r], data.row[r])
+        sub.item_new = sub.cat_new = None
+        if self._opt is None:
+            self._opt = torch.optim.Adam(self.model.parameters(), lr=self.online_lr)
+        cfg = TrainConfig(**{**asdict(self.cfg), "progress": False})
+        fit_model(self.model, sub, cfg, data_end=float(data.ts[r].max()), epochs=1, optimizer=self._opt,
+                  item_counts=np.bincount(seq.items[data.is_train], minlength=self.model.cfg.n_items))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI glue
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `seqstream train LOG --format FMT --out model.pt ...`."""
+    from models.datasets import FORMATS
+    d = TrainConfig()
+    parser.add_argument("log", help="behaviour log to train on")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="log format")
+    parser.add_argument("--out", required=True, help="checkpoint path to write (e.g. model.pt)")
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--hidden", type=int, default=d.hidden)
+    parser.add_argument("--emb", type=int, default=d.emb)
+    parser.add_argument("--ring", type=int, default=d.ring, help="recent events the copy path sees")
+    parser.add_argument("--batch", type=int, default=d.batch, help="users per mini-batch")
+    parser.add_argument("--bptt", type=int, default=d.bptt)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--negatives", type=int, default=d.negatives)
+    parser.add_argument("--alpha", type=float, default=d.alpha, help="negatives ∝ popularity^alpha")
+    parser.add_argument("--horizon-hours", type=float, default=d.horizon_s / 3600, help="churn horizon")
+    parser.add_argument("--max-items", type=int, default=d.max_items, help="item vocabulary capacity")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--version", type=int, default=1, help="model version stored in the checkpoint")
+    parser.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="bad log rows")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Train from a log and write a checkpoint. Returns the exit status; errors are one line."""
+    from models.datasets import BadRow, ErrorReport, read_events
+    checks = [(args.epochs >= 1, "--epochs must be >= 1"), (args.hidden >= 1, "--hidden must be >= 1"),
+              (args.ring >= 1, "--ring must be >= 1"), (args.batch >= 1, "--batch must be >= 1"),
+              (args.bptt >= 1, "--bptt must be >= 1"), (args.lr > 0, "--lr must be > 0"),
+              (args.negatives >= 1, "--negatives must be >= 1"),
+              (args.horizon_hours > 0, "--horizon-hours must be > 0"),
+              (args.max_items >= 3, "--max-items must be >= 3")]
+    for ok, msg in checks:
+        if not ok:
+            print(f"seqstream train: error: {msg}", file=sys.stderr)
+            return 2
+    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, emb=args.emb, ring=args.ring, batch=args.batch,
+                      bptt=args.bptt, lr=args.lr, negatives=args.negatives, alpha=args.alpha,
+                      horizon_s=args.horizon_hours * 3600, max_items=args.max_items, seed=args.seed,
+                      device=args.device, progress=not args.no_progress)
+    report = ErrorReport()
+    try:
+        ck = train_model(read_events(args.log, args.format, on_error=args.on_error, errors=report), cfg)
+    except FileNotFoundError:
+        print(f"seqstream train: error: no such file: {args.log}", file=sys.stderr)
+        return 2
+    except (BadRow, ValueError) as e:
+        print(f"seqstream train: error: {e}", file=sys.stderr)
+        return 1
+    ck.meta["source"] = {"log": str(args.log), "format": args.format, "bad_rows": report.count}
+    save_checkpoint(args.out, ck.model, ck.item_vocab, ck.category_vocab, version=args.version, meta=ck.meta)
+    rate = np.median(ck.meta["events_per_s"]) if ck.meta["events_per_s"] else 0.0
+    print(f"wrote {args.out}: {ck.meta['events']} events, {ck.meta['users']} users, "
+          f"{len(ck.item_vocab) - 2} items, {len(ck.category_vocab) - 2} categories, "
+          f"{rate:.0f} events/s, bad rows skipped: {report.count}", file=sys.stderr)
+    return 0

@@ -1,0 +1,167 @@
+"""Unit tests of models/gru.py and models/retrieval.py: model maths, vocabulary, checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.gru import (GAP_FIRST, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
+                        gap_bucket, load_checkpoint, recent_windows, ring_features, save_checkpoint)
+from models.retrieval import top_k
+
+pytestmark = pytest.mark.unit
+torch.set_num_threads(2)
+
+
+def small_model(seed: int = 0, **kw) -> SeqModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_items=40, n_categories=12, hidden=16, emb=8, ring=6, attn=8, **kw)
+    m = SeqModel(cfg)
+    m.set_valid(35, 10)
+    return m.eval()
+
+
+def random_seq(m: SeqModel, B: int, T: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, 35, (B, T), generator=g)
+    cats = torch.randint(2, 10, (B, T), generator=g)
+    acts = torch.randint(0, 3, (B, T), generator=g)
+    gaps = torch.randint(2, m.cfg.n_gap_buckets, (B, T), generator=g)
+    gaps[:, 0] = GAP_FIRST
+    return items, cats, acts, gaps
+
+
+def test_incremental_equals_full():
+    m = small_model()
+    items, cats, acts, gaps = random_seq(m, 3, 25)
+    with torch.no_grad():
+        out, h_full = m.encode(None, items, cats, acts, gaps)
+        h = m.init_hidden(3)
+        for t in range(items.shape[1]):
+            h = m.step(h, items[:, t], cats[:, t], acts[:, t], gaps[:, t])
+            assert torch.allclose(h, out[:, t], atol=1e-5)
+    assert torch.allclose(h, h_full, atol=1e-5)
+
+
+def test_encode_lengths_picks_last_real_step():
+    m = small_model()
+    items, cats, acts, gaps = random_seq(m, 2, 10)
+    with torch.no_grad():
+        out, h = m.encode(None, items, cats, acts, gaps, lengths=torch.tensor([4, 10]))
+    assert torch.allclose(h[0], out[0, 3]) and torch.allclose(h[1], out[1, 9])
+
+
+def test_shared_embeddings():
+    m = small_model()
+    # the only [n_items, emb] / [n_categories, emb] matrices are the input tables
+    shapes = [tuple(p.shape) for p in m.parameters()]
+    assert shapes.count((40, 8)) == 1 and shapes.count((12, 8)) == 1
+    h = torch.randn(2, 16)
+    before = m.item_explore_logits(h).detach().clone()
+    with torch.no_grad():
+        m.item_emb.weight[7] += 1.0  # changing an INPUT embedding changes that item's output score
+    after = m.item_explore_logits(h).detach()
+    changed = (after - before).abs() > 1e-7
+    assert changed[:, 7].all() and not changed[:, 8].any()
+
+
+def test_predict_shapes_masks_and_probabilities():
+    m = small_model()
+    items, cats, acts, gaps = random_seq(m, 3, 9)
+    ts = torch.cumsum(torch.randint(0, 500, (3, 9)), 1).double()
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, 7:] = False  # a shorter sequence
+    with torch.no_grad():
+        out, _ = m.encode(None, items, cats, acts, gaps)
+        rec = recent_windows(items, cats, acts, ts, mask, m.cfg.ring, m.cfg.n_gap_buckets)
+        p = m.predict(out[:, 5], Recent(rec.items[:, 5], rec.categories[:, 5], rec.actions[:, 5],
+                                        rec.age[:, 5], rec.mask[:, 5]))
+    assert p.item_logits.shape == (3, 40) and p.category_logits.shape == (3, 12)
+    assert p.action_logits.shape == (3, 3) and p.churn_logit.shape == (3,)
+    for logits, n_used in ((p.item_logits, 35), (p.category_logits, 10)):
+        assert torch.isinf(logits[:, [PAD, UNKNOWN]]).all() and torch.isinf(logits[:, n_used:]).all()
+        assert torch.isfinite(logits[:, 2:n_used]).all()
+        assert torch.allclose(torch.logsumexp(logits, 1), torch.zeros(3), atol=1e-4)  # a distribution
+
+
+def test_copy_path_starts_as_recency():
+    """Before training, the repeat path already ranks the most recent distinct item first."""
+    m = small_model()
+    items = torch.tensor([[0, 0, 5, 6, 7, 6]])
+    z = torch.zeros_like(items)
+    recent = Recent(items, z + 3, z, torch.where(items > 0, 4, 0), items > 0)
+    with torch.no_grad():
+        la, _ = m.copy_item(torch.zeros(1, 16), recent)
+    p = {int(v): float(la[0, i].exp()) for i, v in enumerate(items[0]) if v > 0}
+    assert p[6] > p[7] > p[5]
+
+
+def test_ring_features():
+    ids = torch.tensor([[0, 5, 6, 5, 7]])
+    acts = torch.tensor([[0, 1, 0, 0, 2]])
+    f = ring_features(ids, acts, ids > 0, 16)
+    assert f["count"].tolist() == [[0, 2, 1, 2, 1]]
+    assert f["rank"].tolist() == [[0, 1, 2, 1, 0]]  # 7 newest, then 5, then 6
+    assert f["latest"].tolist() == [[0, 0, 1, 1, 1]]
+    assert f["carted"].tolist() == [[0, 1, 0, 1, 0]] and f["bought"].tolist() == [[0, 0, 0, 0, 1]]
+
+
+def test_gap_bucket():
+    s = np.array([-5, 0, 1, 60, 3600, 86400, 1e12])
+    b = gap_bucket(s)
+    assert (np.diff(b) >= 0).all() and b.min() >= 2 and b.max() == 47
+    assert np.array_equal(gap_bucket(torch.tensor(s)).numpy(), b)
+
+
+def test_vocab_unknown_fallback_and_roundtrip():
+    raw = np.array([10, 10, 10, 20, 20, 30, 40])
+    v = Vocab.build(raw, capacity=4)  # room for 2 ids: the most frequent
+    assert v.index(np.array([10, 20, 30, 99])).tolist() == [2, 3, UNKNOWN, UNKNOWN]
+    assert v.raw(np.array([2, 3, 0, 1])).tolist() == [10, 20, -1, -1]
+    v2 = Vocab.from_dict(v.to_dict())
+    assert v2.index(raw).tolist() == v.index(raw).tolist() and len(v2) == 4
+    m = small_model()  # an unknown item uses the fallback embedding row
+    with torch.no_grad():
+        x = m._inputs(torch.tensor([UNKNOWN]), torch.tensor([2]), torch.tensor([0]), torch.tensor([2]))
+    assert torch.allclose(x[0, :8], m.item_emb.weight[UNKNOWN])
+
+
+def test_checkpoint_roundtrip(tmp_path):
+    m = small_model(seed=3)
+    iv, cv = Vocab(np.arange(100, 133), 40), Vocab(np.arange(7, 15), 12)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, m, iv, cv, version=7, meta={"note": "x", "epochs": [1, 2]})
+    raw = torch.load(path, weights_only=True)  # safe loading works
+    assert raw["format"] == "seqstream-gru/1"
+    ck = load_checkpoint(path, device="cpu")
+    assert ck.version == 7 and ck.meta["note"] == "x" and ck.config == m.cfg
+    assert ck.item_vocab.index(np.array([105])).tolist() == [7]
+    items, cats, acts, gaps = random_seq(m, 2, 6)
+    with torch.no_grad():
+        a, _ = m.encode(None, items, cats, acts, gaps)
+        b, _ = ck.model.encode(None, items, cats, acts, gaps)
+    assert torch.equal(a, b) and torch.equal(ck.model.item_valid, m.item_valid)
+    torch.save({"format": "something-else"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a seqstream-gru/1"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_cold_start_popularity_trending():
+    pop = Popularity(n_items=10, half_life_s=3600)
+    day = 86400.0
+    # item 2: 10 events a day ago; item 3: 3 events now; item 4: 1 event now in category 8
+    pop.update(np.full(10, 2), np.full(10, 7), np.full(10, 0.0))
+    pop.update(np.array([3, 3, 3, 4]), np.array([7, 7, 7, 8]), np.full(4, day))
+    idx, score = pop.top(3)
+    assert idx.tolist() == [3, 4, 2] and score[0] == pytest.approx(3.0)
+    assert pop.top(5, category=7)[0].tolist() == [3, 2]
+    assert pop.top(5, category=8)[0].tolist() == [4]
+    assert UNKNOWN not in pop.top(10)[0]
+
+
+def test_top_k_masks_padding_and_unknown():
+    s = torch.tensor([[9.0, 8.0, 1.0, 3.0, 2.0], [9.0, 8.0, 5.0, 4.0, 6.0]])
+    v, i = top_k(s, 2)
+    assert i.tolist() == [[3, 4], [4, 2]] and v[0, 0] == 3.0
+    _, i = top_k(s, 10, valid=torch.tensor([True, True, True, True, False]))
+    assert i.shape == (2, 2) and 4 not in i.tolist()[0]

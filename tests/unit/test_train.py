@@ -1,0 +1,136 @@
+"""Unit tests of models/train.py: negatives, labels, learnability, ranker and CLI."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+import models.train as T
+from models.gru import load_checkpoint
+from models.schema import ACTIONS, LogEvent
+from models.train import (NegativeSampler, TrainConfig, build_model, cutoff_view, fit_model, make_batch,
+                          make_seqdata, predict_at, train_model)
+
+pytestmark = pytest.mark.unit
+torch.set_num_threads(2)
+
+
+def planted_events(n_users: int, length: int, seed: int, p: float = 0.8, pairs: int = 10) -> list[LogEvent]:
+    """Random browsing over 150 items, except: after item A_k (1000+k, k < pairs) the next item is
+    B_k (2000+k) with probability p. 20% of the steps visit some A_k."""
+    rng = np.random.default_rng(seed)
+    out, row = [], 0
+    for u in range(n_users):
+        t = 1_600_000_000_000 + int(rng.integers(0, 10**7))
+        prev = None
+        for _ in range(length):
+            if prev is not None and 1000 <= prev < 1000 + pairs and rng.random() < p:
+                item = prev + 1000
+            elif rng.random() < 0.2:
+                item = 1000 + int(rng.integers(0, pairs))
+            else:
+                item = int(rng.integers(0, 150))
+            t += int(rng.integers(5_000, 300_000))
+            out.append(LogEvent(u, item, ACTIONS[int(rng.random() < 0.1)], t, category_id=item // 50, row=row))
+            prev, row = item, row + 1
+    return out
+
+
+def test_learnability_planted_rule():
+    cfg = TrainConfig(epochs=10, batch=8, lr=2e-2, dropout=0.0, seed=0, progress=False, vocab_cutoff=None,
+                      hidden=32, emb=32, ring=8, negatives=128, device="cpu")
+    ck = train_model(planted_events(100, 30, seed=1, pairs=5), cfg)
+    test = planted_events(60, 40, seed=2, pairs=5)
+    a = T.events_to_arrays(test)
+    data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
+                        a["action"], a["ts"], a["row"])
+    raw = ck.item_vocab.raw(data.items)
+    same_user = np.r_[data.users[np.searchsorted(data.starts, np.arange(len(data) - 1), "right") - 1]
+                      == data.users[np.searchsorted(data.starts, np.arange(1, len(data)), "right") - 1]]
+    pos = np.flatnonzero(same_user & (raw[:-1] >= 1000) & (raw[:-1] < 1010) & (raw[1:] == raw[:-1] + 1000))
+    assert len(pos) > 50
+    logits = predict_at(ck.model, data, pos)["item_logits"]
+    hr1 = (logits.argmax(1).numpy() == data.items[pos + 1]).mean()
+    assert hr1 >= 0.7, hr1
+
+
+def test_negative_sampler_is_popularity_aware():
+    counts = np.array([0, 0, 900, 100, 0, 1])
+    s = NegativeSampler(counts, alpha=1.0, device=torch.device("cpu"))
+    x = s.sample(20000, torch.Generator().manual_seed(0)).numpy()
+    assert set(np.unique(x)) <= {2, 3, 5}  # never padding, unknown or unseen items
+    assert 0.85 < (x == 2).mean() < 0.95
+    flat = NegativeSampler(counts, alpha=0.0, device=torch.device("cpu"))
+    y = flat.sample(20000, torch.Generator().manual_seed(0)).numpy()
+    assert abs((y == 5).mean() - 1 / 3) < 0.03  # alpha=0: uniform over seen items
+    assert np.allclose(s.q_pop.numpy()[2], 0.9 / 1.001, atol=1e-3)
+
+
+def test_training_uses_shared_negatives(monkeypatch):
+    calls = []
+    orig = NegativeSampler.sample
+
+    def spy(self, k, generator=None):
+        out = orig(self, k, generator)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(NegativeSampler, "sample", spy)
+    cfg = TrainConfig(epochs=1, negatives=64, progress=False, vocab_cutoff=None, hidden=16, emb=16, ring=8)
+    train_model(planted_events(20, 20, seed=3), cfg)
+    assert calls and all(len(c) == 64 for c in calls)
+
+
+def test_churn_labels_and_censoring():
+    # one user: events at 0, 10 s, 2 h later; horizon 1 h; data ends 1.5 h after the last event
+    ts = np.array([0.0, 10.0, 7210.0])
+    data = make_seqdata(np.zeros(3, dtype=np.int64), np.array([2, 3, 2]), np.array([2, 2, 2]),
+                        np.zeros(3, dtype=np.int64), ts)
+    b = make_batch(data, np.array([0]), horizon_s=3600, data_end=7210.0 + 5400, n_gap_buckets=48,
+                   device=torch.device("cpu"))
+    assert b.churn[0].tolist() == [0.0, 1.0, 1.0] and b.churn_mask[0].tolist() == [True, True, True]
+    b = make_batch(data, np.array([0]), horizon_s=3600, data_end=7210.0 + 60, n_gap_buckets=48,
+                   device=torch.device("cpu"))
+    assert b.churn_mask[0].tolist() == [True, True, False]  # horizon runs past the data: censored
+    assert b.next_action[0].tolist() == [0, 0, -1]
+
+
+def test_cutoff_view_drops_items_new_after_cutoff():
+    ts = np.arange(10, dtype=np.float64)
+    items = np.array([2, 3, 4, 2, 3, 4, 2, 9, 3, 9])
+    data = make_seqdata(np.zeros(10, dtype=np.int64), items, np.full(10, 2), np.zeros(10, dtype=np.int64), ts)
+    v = cutoff_view(data, 0.5)
+    assert v.items.tolist() == [2, 3, 4, 2, 3, 4, 2, 3]  # item 9 first appears after the cut-off
+
+
+def test_ranker_on_evaluation_protocol():
+    from models.evaluate import EventTable, build_eval_data, evaluate_data
+    table = EventTable.from_events(planted_events(40, 30, seed=4))
+    data = build_eval_data(table, "item")
+    r = T.GRURanker(TrainConfig(epochs=1, progress=False, hidden=16, emb=16, ring=8))
+    res = evaluate_data(data, {"gru": r}, "frozen", progress=False, include_baselines=False)
+    assert res["n"] == int(data.is_scored.sum()) and 0 <= res["models"]["gru"]["R@20"] <= 1
+    idx = data.scored_idx[:5]
+    assert np.allclose(r.action_probs(data, idx).sum(1), 1.0)
+    r.learn(data, data.test_idx_in_time_order()[:50])  # online hook runs
+
+
+def test_cli_train_writes_checkpoint(tmp_path, capsys):
+    from models.datasets import write_jsonl
+    log = tmp_path / "log.jsonl"
+    write_jsonl(planted_events(10, 15, seed=5), log)
+    parser = argparse.ArgumentParser()
+    T.add_train_arguments(parser)
+    out = tmp_path / "m.pt"
+    args = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "1",
+                              "--hidden", "16", "--no-progress", "--version", "3"])
+    assert T.run_train_command(args) == 0
+    ck = load_checkpoint(out, device="cpu")
+    assert ck.version == 3 and ck.config.hidden == 16 and ck.meta["source"]["format"] == "jsonl"
+    bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "0"])
+    assert T.run_train_command(bad) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "seqstream train: error: --epochs must be >= 1"
+    missing = parser.parse_args([str(tmp_path / "nope.csv"), "--format", "taobao", "--out", str(out)])
+    assert T.run_train_command(missing) == 2
