@@ -1,9 +1,13 @@
 """ingest -> order -> batch -> score -> publish, as one faust agent.
 
 The agent takes micro-batches with `take_events` (bounded size and wait). Per batch:
-decode and validate (bad input -> dead-letter), read each user's state from the table, score
-the whole batch in a single-thread executor (torch blocks), then write states and send
-predictions back on the event loop.
+decode and validate (bad input -> dead-letter), park valid events in the reorder buffer
+(stream/ordering.py) until no earlier event can still arrive from the other input topics, read
+each released user's state from the table, score in a single-thread executor (torch blocks),
+then write states and send predictions back on the event loop.
+
+`take_events` acks a batch when the next one is requested; a parked event holds one more
+reference on its message (`incref`) so its offset is not committed before it is scored.
 
 faust only lets a table be read or written while a "current event" is set (it picks the
 RocksDB partition from it), and a take() batch has none; we set it per user to one of that
@@ -22,10 +26,12 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import msgpack
 from faust.streams import _current_event  # the contextvar faust's tables read
+from faust.types import TP
 
 from stream.app import Wiring
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
+from stream.ordering import ReorderBuffer
 from stream.events import Event, Invalid, decode_event, dead_letter_headers, dead_letter_value, user_key
 from stream.scoring import Prediction, Scorer, ScoringModel
 from stream.state import UserState, decode_state, encode_state
@@ -42,6 +48,8 @@ class WorkerMetrics:
     churn_alerts: int = 0
     churn_returns: int = 0
     sweeps: int = 0
+    buffered: int = 0  # events waiting in the reorder buffer (gauge)
+    forced_releases: int = 0
     sweep_seconds: float = 0.0
     batches: int = 0
     batch_seconds: float = 0.0
@@ -59,6 +67,8 @@ class WorkerMetrics:
             "churn_alerts": self.churn_alerts,
             "churn_returns": self.churn_returns,
             "mean_sweep_ms": round(1000 * self.sweep_seconds / max(self.sweeps, 1), 3),
+            "buffered": self.buffered,
+            "forced_releases": self.forced_releases,
             "batches": self.batches,
             "mean_batch_ms": round(1000 * self.batch_seconds / max(self.batches, 1), 2),
             "mean_state_bytes": round(self.state_bytes / max(self.state_writes, 1), 1),
@@ -78,6 +88,8 @@ class ScoringPipeline:
         self.metrics = WorkerMetrics()
         self.clock = PartitionClock(settings.allowed_lateness_ms)
         self.due = DueIndex()
+        self.reorder: ReorderBuffer[Any] = ReorderBuffer(settings.input_topics)
+        self.delivered: dict[tuple[str, int], int] = {}  # last offset handed to us per input tp
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
@@ -141,16 +153,49 @@ class ScoringPipeline:
         async with self.state_lock:
             await self._process(batch)
 
+    def caught_up(self, topic: str, partition: int) -> bool:
+        """Everything Kafka had for this input partition has been handed to us."""
+        consumer = self.wiring.app.consumer
+        tp = TP(topic, partition)
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # not assigned (yet), or no fetch so far
+            return False
+        if highwater is None:
+            return False
+        last = self.delivered.get((topic, partition))
+        if last is None:  # nothing delivered: caught up only if the fetcher read nothing either
+            return getattr(consumer, "_read_offset", {}).get(tp) is None
+        return last + 1 >= highwater
+
+    async def release_ready(self) -> None:
+        """Score what the reorder buffer can release now (also called from a timer)."""
+        async with self.state_lock:
+            await self._score_released(time.perf_counter())
+
     async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
+        self.metrics.events_in += len(batch)
+        for fev in batch:
+            msg = fev.message
+            self.delivered[(msg.topic, msg.partition)] = max(
+                msg.offset, self.delivered.get((msg.topic, msg.partition), -1))
+        valid, invalid = self.decode(batch)
+        for bad in invalid:
+            await self.send_dead_letter(bad)
+        for ev, fev in valid:
+            fev.message.incref()  # released by our own ack once scored
+            self.reorder.add(ev, fev)
+        await self._score_released(started)
+
+    async def _score_released(self, started: float) -> None:
         if self._pending_model is not None:
             self.scorer.swap(self._pending_model)
             log.info("now serving model version %d", self._pending_model.version)
             self._pending_model = None
-        self.metrics.events_in += len(batch)
-        valid, invalid = self.decode(batch)
-        for bad in invalid:
-            await self.send_dead_letter(bad)
+        valid = self.reorder.release(self.caught_up)
+        self.metrics.buffered = self.reorder.size
+        self.metrics.forced_releases = self.reorder.forced
         if valid:
             states, last_event = self.load_states(valid)
             events = [ev for ev, _ in valid]
@@ -167,6 +212,7 @@ class ScoringPipeline:
                     await self.send_dead_letter(Invalid(
                         "internal-error", f"{type(exc).__name__}: {exc}"[:200],
                         fev.message.key, fev.message.value, ev.topic, ev.partition, ev.offset))
+                    fev.ack()
                 return
             self.store_states(states, last_event)
             policy = self.scorer.churn
@@ -183,8 +229,18 @@ class ScoringPipeline:
             self.metrics.predictions += len(predictions)
             for hook in self.after_batch:
                 await hook(states, predictions)
-        self.metrics.batches += 1
-        self.metrics.batch_seconds += time.perf_counter() - started
+            for _, fev in valid:
+                fev.ack()
+            self.metrics.batches += 1
+            self.metrics.batch_seconds += time.perf_counter() - started
+
+    def on_revoked(self, revoked: set) -> None:
+        parts = {tp.partition for tp in revoked if tp.topic in self.settings.input_topics}
+        dropped = self.reorder.drop_partitions(parts)
+        for tp in revoked:
+            self.delivered.pop((tp.topic, tp.partition), None)
+        if dropped:  # not scored, not acked: the partition's next owner reads them again
+            log.info("rebalance: handed back %d buffered events", len(dropped))
 
 
     async def send_churn(self, key: bytes, msg: dict, partition: int) -> None:
@@ -251,6 +307,16 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
     async def churn_commands(stream):  # noqa: ANN001
         async for fev in stream.events():
             await pipeline.apply_churn_command(fev)
+
+    @app.timer(interval=max(settings.batch_wait_ms / 1000.0, 0.01))
+    async def release_buffered() -> None:
+        # a quiet stream delivers no batch, but caught-up partitions can release held events
+        if pipeline.reorder.size:
+            await pipeline.release_ready()
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
+        pipeline.on_revoked(revoked)
 
     @app.timer(interval=settings.churn_sweep_s)
     async def churn_sweep() -> None:
