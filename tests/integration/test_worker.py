@@ -3,12 +3,7 @@ middle, kafka-python out. One prediction per valid event, every bad one in dead-
 reason, and user state that survives a restart (recovered from the changelog)."""
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,15 +11,15 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.schema import ACTIONS, LogEvent
 from stream.config import Settings
 from stream.events import MAX_VALUE_BYTES, Reason, encode_value, input_topic, user_key
 from stream.topics import create_topics, delete_topics
+from tests.integration.workers import WorkerProcess, consume_until
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000
 N_USERS, N_ITEMS = 40, 200
 
@@ -48,33 +43,6 @@ def deployment(kafka_bootstrap):
     create_topics(kafka_bootstrap, settings, partitions=2)
     yield settings
     delete_topics(kafka_bootstrap, settings)
-
-
-class Worker:
-    def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path) -> None:
-        cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
-               "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
-               "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64"]
-        self.log = log
-        self._logf = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
 
 
 def make_events(n: int, seed: int = 0) -> list[LogEvent]:
@@ -115,34 +83,12 @@ def malformed_corpus() -> list[tuple[str, bytes | None, bytes | None, str]]:
     ]
 
 
-def consume_until(bootstrap: str, topic: str, want: int, timeout_s: float,
-                  worker: Worker | None = None) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
-    got: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < want and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                got.extend(records)
-            if worker is not None and not worker.alive():
-                pytest.fail(f"worker exited early:\n{worker.tail()}")
-        # a short grace period catches duplicates that arrive after the expected count
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            for records in consumer.poll(timeout_ms=200).values():
-                got.extend(records)
-    finally:
-        consumer.close()
-    return got
-
-
 def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, deployment, checkpoint,
                                                           tmp_path):
     settings = deployment
     events = make_events(300)
     corpus = malformed_corpus()
-    worker = Worker(settings, checkpoint, tmp_path / "state-a", tmp_path / "worker.log")
+    worker = WorkerProcess(settings, checkpoint, tmp_path / "state-a", tmp_path / "worker.log")
     try:
         # valid and malformed messages interleaved on all three topics
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
@@ -159,8 +105,8 @@ def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, depl
         producer.flush(30)
         producer.close()
 
-        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events), 120, worker)
-        dead = consume_until(kafka_bootstrap, settings.dead_letter_topic, len(corpus), 30, worker)
+        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events), 120, [worker])
+        dead = consume_until(kafka_bootstrap, settings.dead_letter_topic, len(corpus), 30, [worker])
 
         # exactly one prediction per valid event, keyed by its user
         assert len(preds) == len(events), worker.tail()
@@ -196,11 +142,11 @@ def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, depl
 
     # Restart with an EMPTY data dir: state must come back from the changelog, not reset.
     user = max(count, key=count.get)
-    worker = Worker(settings, checkpoint, tmp_path / "state-b", tmp_path / "worker2.log")
+    worker = WorkerProcess(settings, checkpoint, tmp_path / "state-b", tmp_path / "worker2.log")
     try:
         later = LogEvent(user, 1, "cart", T0 + 10**9, category_id=1)
         send_events(kafka_bootstrap, settings, [later])
-        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events) + 1, 120, worker)
+        preds = consume_until(kafka_bootstrap, settings.predictions_topic, len(events) + 1, 120, [worker])
         assert len(preds) == len(events) + 1, worker.tail()
         [newest] = [m for m in map(lambda r: msgpack.unpackb(r.value, raw=False), preds)
                     if m["event"]["ts"] == later.ts_ms]

@@ -1,0 +1,78 @@
+"""Real `seqstream worker` processes and topic readers for integration tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from stream.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path,
+                 *extra: str) -> None:
+        cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
+               "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
+               "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64", *extra]
+        self.log = log
+        self._logf = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                pytest.fail(f"worker exited early:\n{self.tail()}")
+            if "Ready" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        pytest.fail(f"worker not ready in {timeout_s}s:\n{self.tail()}")
+
+
+def consume_until(bootstrap: str, topic: str, want: int, timeout_s: float,
+                  workers: list[WorkerProcess] = (), settle_s: float = 1.0) -> list:
+    """Read `topic` from the start until `want` records arrived (or timeout), then a little more
+    so that duplicates arriving after the expected count are caught too."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None)
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                got.extend(records)
+            for w in workers:
+                if not w.alive():
+                    pytest.fail(f"worker exited early:\n{w.tail()}")
+        end = time.monotonic() + settle_s
+        while time.monotonic() < end:
+            for records in consumer.poll(timeout_ms=200).values():
+                got.extend(records)
+    finally:
+        consumer.close()
+    return got
