@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -51,7 +52,7 @@ def log() -> SyntheticLog:
 def consume_all(bootstrap: str, prefix: str, expected: int) -> dict[str, list]:
     """Every record of the three input topics, per topic, in partition order."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5_000)
+                             auto_offset_reset="earliest")
     try:
         tps = [TopicPartition(f"{prefix}{a}", p) for a in ACTIONS for p in range(PARTITIONS)]
         consumer.assign(tps)
@@ -59,10 +60,12 @@ def consume_all(bootstrap: str, prefix: str, expected: int) -> dict[str, list]:
         ends = consumer.end_offsets(tps)
         assert sum(ends.values()) == expected, f"broker holds {sum(ends.values())}, want {expected}"
         out: dict[str, list] = defaultdict(list)
-        for rec in consumer:
-            out[rec.topic[len(prefix):]].append(rec)
-            if sum(len(v) for v in out.values()) >= expected:
-                break
+        # poll with a deadline rather than an idle timeout: shared CI machines stall for seconds
+        deadline = time.monotonic() + 60
+        while sum(len(v) for v in out.values()) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    out[rec.topic[len(prefix):]].append(rec)
         return out
     finally:
         consumer.close()
