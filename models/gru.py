@@ -8,8 +8,9 @@ sequences for training, and the two agree exactly (tests/unit/test_gru.py).
 After each event `predict` gives, for the user's NEXT event:
 - item scores over the whole vocabulary: a RepeatNet-style mixture
       p(v) = g * p_repeat(v) + (1 - g) * p_explore(v)
-  where p_repeat is attention over the user's recent ring of events (features: recency, age,
-  action, how often and how recently the item occurs, whether it was carted/bought), p_explore is
+  where p_repeat scores the DISTINCT ids of the user's recent ring of events by generic features
+  (recency rank, age, last action, count, carted/bought, same category as the newest event),
+  starting exactly as the "repeat" baseline's most-recent-first order; p_explore is
   a softmax over the catalogue through the SHARED item embedding table, restricted to items not in
   the ring, and g is a learned gate. On Taobao-like logs most next items are revisits, so the
   copy path is what lets a sequence model beat the "repeat" baseline;
@@ -54,9 +55,14 @@ class ModelConfig:
     ring: int = 50  # L: recent events the copy path attends over
     action_emb: int = 16
     gap_emb: int = 16
-    attn: int = 32  # width of the copy-path attention MLP
+    attn: int = 16  # width of the copy path's context-dependent feature keys
     max_count: int = 16  # occurrence counts in the ring are clipped here
     copy_ids: bool = True  # copy keys include the id embedding (else generic features only)
+    copy_context: bool = False  # copy scores also depend on h (q(h).k); off: generic features only
+    # "tiered": where the gate says P(repeat) > 0.5, every ring id ranks above every explore id
+    # (order within each tier kept, still a distribution), like the repeat baseline; elsewhere,
+    # and with "mixture" everywhere, the plain g*p_repeat + (1-g)*p_explore
+    fusion: str = "tiered"
     dropout: float = 0.25
     n_actions: int = len(ACTIONS)
 
@@ -124,27 +130,61 @@ def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int) ->
 
     count: occurrences of the id in the ring; rank: how many distinct ids occurred more recently
     (0 = the newest id, like the "repeat" baseline's order); latest: this is the id's newest
-    occurrence; carted/bought: the id was carted / purchased somewhere in the ring."""
-    L = ids.shape[-1]
-    eq = (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & mask.unsqueeze(-1) & mask.unsqueeze(-2)
-    pos = torch.arange(L, device=ids.device)
-    count = eq.sum(-1)
-    last = torch.where(eq, pos, torch.full_like(pos, -1)).amax(-1).clamp(min=0)  # [..., L]
-    latest = (last == pos) & mask
-    # newer_distinct[k] = number of latest-occurrence positions strictly after k
+    occurrence; carted/bought: the id was carted / purchased somewhere in the ring.
+
+    O(L log L) per ring (one sort, then segment reductions), not O(L^2): rings of a few hundred
+    events stay cheap."""
+    shape = ids.shape
+    L = shape[-1]
+    ids2 = ids.reshape(-1, L)
+    m2 = mask.reshape(-1, L)
+    act2 = actions.reshape(-1, L)
+    n = ids2.shape[0]
+    dev = ids.device
+    if n == 0 or L == 0:
+        z = torch.zeros_like(ids)
+        return {"count": z, "rank": z, "latest": z, "carted": z, "bought": z}
+    key = torch.where(m2, ids2, torch.full_like(ids2, -1))  # padding: its own group
+    sv, perm = torch.sort(key, dim=-1, stable=True)
+    new = torch.ones_like(sv, dtype=torch.bool)
+    new[:, 1:] = sv[:, 1:] != sv[:, :-1]
+    gid_sorted = new.long().cumsum(-1) - 1  # group of each sorted position, 0..L-1
+    gid = torch.empty_like(gid_sorted).scatter_(1, perm, gid_sorted)  # group per position
+    flat = gid + L * torch.arange(n, device=dev).unsqueeze(1)
+    fl = flat.reshape(-1)
+    count = torch.bincount(fl, minlength=n * L)[fl].view(n, L)
+    pos = torch.arange(L, device=dev).expand(n, L)
+    last = torch.full((n * L,), -1, dtype=torch.long, device=dev)
+    last = last.scatter_reduce(0, fl, pos.reshape(-1), "amax", include_self=True)[fl].view(n, L)
+    flags = torch.zeros(n * L, dtype=torch.long, device=dev)
+    a = ((act2 == 1).long() + 2 * (act2 == 2).long()).reshape(-1)
+    # bitwise-or over a group via amax of each bit separately
+    cart = flags.scatter_reduce(0, fl, (a & 1), "amax", include_self=True)[fl].view(n, L)
+    buy = flags.scatter_reduce(0, fl, (a >> 1), "amax", include_self=True)[fl].view(n, L)
+    latest = (last == pos) & m2
     lat = latest.long()
     newer = lat.flip(-1).cumsum(-1).flip(-1) - lat
-    rank = torch.gather(newer, -1, last)
-    carted = (eq & (actions == 1).unsqueeze(-2)).any(-1)
-    bought = (eq & (actions == 2).unsqueeze(-2)).any(-1)
+    rank = torch.gather(newer, -1, last.clamp(min=0))
     zero = torch.zeros_like(count)
-    return {
-        "count": torch.where(mask, count.clamp(max=max_count - 1), zero),
-        "rank": torch.where(mask, rank.clamp(max=L - 1), zero),
-        "latest": latest.long(),
-        "carted": (carted & mask).long(),
-        "bought": (bought & mask).long(),
+    out = {
+        "count": torch.where(m2, count.clamp(max=max_count - 1), zero),
+        "rank": torch.where(m2, rank.clamp(max=L - 1), zero),
+        "latest": lat,
+        "carted": (cart.bool() & m2).long(),
+        "bought": (buy.bool() & m2).long(),
     }
+    return {k: v.reshape(shape) for k, v in out.items()}
+
+
+def rank_bucket(rank: Tensor) -> Tensor:
+    """Recency ranks 0..7 exactly, then half-octaves: 8 -> 8, 11 -> 9, 16 -> 10, ... (< 32 for
+    any ring up to 10^5)."""
+    r = rank.clamp(min=0).float()
+    b = torch.where(r < 8, r, 8 + torch.floor(2.0 * torch.log2(r / 8.0)))
+    return b.long().clamp(max=RANK_BUCKETS - 1)
+
+
+RANK_BUCKETS = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,11 +192,20 @@ def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int) ->
 
 
 class CopyHead(nn.Module):
-    """Additive attention over the ring -> p_repeat over ring positions, plus the mixture gate.
+    """Scores the DISTINCT ids of the ring (each at its newest position) -> p_repeat, plus the
+    mixture gate.
 
-    Keys are sums of embeddings of generic features (id embedding, action, age, position, rank,
-    count, flags), so the head learns "most recent first" or "carted items come back" on any log,
-    not per-item trivia."""
+    Score of an id = w * log(1 + recency rank)          (w < 0; starts as the repeat baseline's
+                   + tables of generic features          most-recent-first order, exactly)
+                     (rank bucket, count, age since its last occurrence, last action,
+                      carted/bought, same id / same group as the newest event, group count)
+                   + q(h) . k(features)                  (context-dependent reweighting)
+    All tables and q start at zero, so an untrained head ranks ring ids in recency order. The
+    features are generic, so the head transfers across logs instead of learning per-item trivia.
+    Cost is O(L) per prediction besides one sort: cheap for rings of hundreds of events.
+
+    Gate: P(next id is in the ring), from h and ring statistics (size, share of repeated events,
+    whether the newest event was itself a repeat)."""
 
     def __init__(self, cfg: ModelConfig, id_dim: int):
         super().__init__()
@@ -164,46 +213,62 @@ class CopyHead(nn.Module):
         self.max_count = cfg.max_count
         self.action_n = cfg.n_actions
         self.use_ids = cfg.copy_ids
-        self.id_proj = nn.Linear(id_dim, d, bias=False)
-        self.age = nn.Embedding(cfg.n_gap_buckets, d)
-        self.pos = nn.Embedding(cfg.ring, d)
-        self.rank = nn.Embedding(cfg.ring, d)
-        # one table for the small discrete features: action x count x (latest, carted, bought,
-        # same id as the newest event) -- one gather instead of five
-        self.n_small = cfg.n_actions * cfg.max_count * 16
-        self.small = nn.Embedding(self.n_small, d)
+        self.n_flags = 16
+        self.n_small = cfg.n_actions * cfg.max_count * self.n_flags
+        self.rank_w = nn.Parameter(torch.tensor(-3.0))
+        self.rank_s = nn.Embedding(RANK_BUCKETS, 1)
+        self.small_s = nn.Embedding(self.n_small, 1)
+        self.age_s = nn.Embedding(cfg.n_gap_buckets, 1)
+        self.group_s = nn.Embedding(cfg.max_count, 1)
+        self.rank_k = nn.Embedding(RANK_BUCKETS, d)
+        self.small_k = nn.Embedding(self.n_small, d)
+        self.age_k = nn.Embedding(cfg.n_gap_buckets, d)
+        self.id_proj = nn.Linear(id_dim, d, bias=False) if cfg.copy_ids else None
         self.query = nn.Linear(cfg.hidden, d)
-        self.score = nn.Linear(d, 1, bias=False)
-        # A linear term on numeric features that extrapolates to unseen ranks/counts; it starts
-        # as "most recent distinct id first" (the repeat baseline) and the MLP above refines it.
-        self.numeric = nn.Linear(4, 1, bias=False)
-        with torch.no_grad():
-            self.numeric.weight.copy_(torch.tensor([[-1.5, 0.5, 0.0, 0.0]]))
-        self.gate = nn.Sequential(nn.Linear(cfg.hidden + d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.use_context = cfg.copy_context
+        for t in (self.rank_s, self.small_s, self.age_s, self.group_s):
+            nn.init.zeros_(t.weight)
+        nn.init.zeros_(self.query.weight)
+        nn.init.zeros_(self.query.bias)
+        n_stats = 4
+        self.gate = nn.Sequential(nn.Linear(cfg.hidden + d + n_stats, d), nn.Tanh(), nn.Linear(d, 1))
 
-    def forward(self, h: Tensor, ids: Tensor, id_emb: Tensor, actions: Tensor, age: Tensor,
-                mask: Tensor) -> tuple[Tensor, Tensor]:
-        """h [N, H]; ring tensors [N, L]. Returns (log attention over positions [N, L] with -inf
-        on padding, gate logit [N]; sigmoid(gate) = P(next id is in the ring))."""
+    def forward(self, h: Tensor, ids: Tensor, id_emb: Tensor | None, actions: Tensor, age: Tensor,
+                mask: Tensor, groups: Tensor | None = None,
+                explore: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """h [N, H]; ring tensors [N, L] (`groups`: e.g. the categories of ring items). Returns
+        (log p_repeat over ring positions [N, L]: finite only at each id's newest position, so
+        it is a distribution over the distinct ring ids; gate logit [N]). `explore` [N, L]: the
+        explore head's score of each ring id (what comes next after this context), mixed in with
+        a learned weight, so learned transitions also reorder revisits."""
         f = ring_features(ids, actions, mask, self.max_count)
-        L = ids.shape[-1]
-        pos = (L - 1 - torch.arange(L, device=ids.device)).clamp(max=self.pos.num_embeddings - 1)
-        same = (ids == ids[:, -1:]).long() & mask.long()
-        flags = f["latest"] + 2 * f["carted"] + 4 * f["bought"] + 8 * same
+        latest = f["latest"].bool()
+        same = (ids == ids[:, -1:]) & mask
+        if groups is not None:
+            same_g = (groups == groups[:, -1:]) & mask
+            g_count = ring_features(groups, torch.zeros_like(actions), mask, self.max_count)["count"]
+        else:
+            same_g = torch.zeros_like(same)
+            g_count = torch.zeros_like(f["count"])
+        flags = f["carted"] + 2 * f["bought"] + 4 * same.long() + 8 * same_g.long()
         small = actions + self.action_n * (f["count"] + self.max_count * flags)
-        if not self.use_ids:
-            id_emb = torch.zeros_like(id_emb[..., :1]).expand_as(id_emb)
-        keys = (self.id_proj(id_emb) + self.age(age) + self.pos.weight[pos]
-                + self.rank(f["rank"].clamp(max=self.rank.num_embeddings - 1)) + self.small(small))
-        num = torch.stack([torch.log1p(f["rank"].float()), torch.log1p((f["count"].float() - 1).clamp(min=0)),
-                           torch.log1p(pos.float()).expand_as(keys[..., 0]), f["latest"].float()], -1)
-        e = (self.score(torch.tanh(self.query(h).unsqueeze(1) + keys)) + self.numeric(num)).squeeze(-1)
-        e = e.masked_fill(~mask, NEG_INF)
+        rb = rank_bucket(f["rank"])
+        keys = self.rank_k(rb) + self.small_k(small) + self.age_k(age)
+        if self.id_proj is not None and id_emb is not None:
+            keys = keys + self.id_proj(id_emb)
+        e = (self.rank_w * torch.log1p(f["rank"].float()) + self.rank_s(rb).squeeze(-1)
+             + self.small_s(small).squeeze(-1) + self.age_s(age).squeeze(-1) + self.group_s(g_count).squeeze(-1)
+             + (torch.einsum("nd,nld->nl", self.query(h), keys) if self.use_context else 0.0))
+        e = e.masked_fill(~latest, NEG_INF)
         any_valid = mask.any(-1, keepdim=True)
         log_attn = torch.log_softmax(torch.where(any_valid, e, torch.zeros_like(e)), -1)
-        log_attn = log_attn.masked_fill(~mask, NEG_INF)
-        pooled = (log_attn.exp().unsqueeze(-1) * keys).sum(1)
-        gate = self.gate(torch.cat([h, pooled], -1)).squeeze(-1)
+        log_attn = log_attn.masked_fill(~latest, NEG_INF)
+        pooled = torch.einsum("nl,nld->nd", log_attn.exp(), keys)
+        n_valid = mask.sum(-1).float()
+        n_distinct = f["latest"].sum(-1).float()
+        stats = torch.stack([torch.log1p(n_valid) / 5.0, n_distinct / n_valid.clamp(min=1.0),
+                             (f["count"][:, -1] > 1).float(), same[:, :-1].any(-1).float()], -1)
+        gate = self.gate(torch.cat([h, pooled, stats], -1)).squeeze(-1)
         gate = gate.masked_fill(~any_valid.squeeze(-1), -30.0)  # empty ring: nothing to repeat
         return log_attn, gate
 
@@ -286,12 +351,13 @@ class SeqModel(nn.Module):
     # ---- heads -------------------------------------------------------------------------------
 
     def copy_item(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
-        return self.item_copy(h, recent.items, self.item_emb(recent.items), recent.actions,
-                              recent.age, recent.mask)
+        emb = self.item_emb(recent.items) if self.cfg.copy_ids else None
+        return self.item_copy(h, recent.items, emb, recent.actions, recent.age, recent.mask,
+                              groups=recent.categories)
 
     def copy_category(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
-        return self.cat_copy(h, recent.categories, self.cat_emb(recent.categories), recent.actions,
-                             recent.age, recent.mask)
+        emb = self.cat_emb(recent.categories) if self.cfg.copy_ids else None
+        return self.cat_copy(h, recent.categories, emb, recent.actions, recent.age, recent.mask)
 
     def item_explore_logits(self, h: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Unnormalised explore scores q(h) . E[v] + b[v] (all items, or `candidates` [K])."""
@@ -305,28 +371,41 @@ class SeqModel(nn.Module):
 
     @staticmethod
     def mixture(log_attn: Tensor, gate: Tensor, ring_ids: Tensor, explore_logits: Tensor,
-                valid: Tensor) -> Tensor:
+                valid: Tensor, tiered: bool = False) -> Tensor:
         """log p(v) over the whole table [N, V] from the copy attention and explore scores.
 
-        Explore covers only ids outside the ring (RepeatNet), so the gate is P(repeat)."""
+        Explore covers every id (pointer-generator style): p(v) = g p_rep(v) + (1-g) p_exp(v)."""
         n, v = explore_logits.shape
-        p_rep = torch.zeros(n, v, device=explore_logits.device, dtype=explore_logits.dtype)
-        p_rep.scatter_add_(1, ring_ids, log_attn.exp())
-        hits = torch.zeros(n, v, device=explore_logits.device, dtype=explore_logits.dtype)
-        hits.scatter_add_(1, ring_ids, torch.isfinite(log_attn).to(hits.dtype))
-        in_ring = (hits > 0) & valid
-        explore = explore_logits.masked_fill(in_ring | ~valid, NEG_INF)
-        log_exp = torch.log_softmax(explore, -1)
-        log_rep = torch.log(p_rep.clamp_min(1e-30))
-        out = torch.where(in_ring, F.logsigmoid(gate).unsqueeze(-1) + log_rep,
-                          F.logsigmoid(-gate).unsqueeze(-1) + log_exp)
-        return out.masked_fill(~valid, NEG_INF)
+        # each distinct ring id has exactly one finite entry (its newest position): amax picks it
+        log_rep = torch.full((n, v), NEG_INF, device=explore_logits.device, dtype=explore_logits.dtype)
+        log_rep = log_rep.scatter_reduce(1, ring_ids, log_attn.to(log_rep.dtype), "amax", include_self=True)
+        in_ring = torch.isfinite(log_rep) & valid
+        log_exp = torch.log_softmax(explore_logits.masked_fill(~valid, NEG_INF), -1)
+        exp_part = F.logsigmoid(-gate).unsqueeze(-1) + log_exp
+        # pointer-generator mixture: explore covers ring ids too, so a learned "after A comes B"
+        # still wins when B happens to be in the ring
+        safe_rep = torch.where(in_ring, log_rep, torch.full_like(log_rep, -1e4))  # no NaN gradients
+        rep_part = torch.logaddexp(F.logsigmoid(gate).unsqueeze(-1) + safe_rep, exp_part)
+        if tiered:
+            # rank-preserving fusion: shift the explore tier just below the weakest ring id, then
+            # renormalise. Revisits keep the repeat baseline's guarantee (never displaced by a
+            # "new item" guess); explore only decides the order after them.
+            lo = torch.where(in_ring, rep_part, torch.full_like(rep_part, math.inf)).amin(-1, keepdim=True)
+            hi = torch.where(in_ring | ~valid, torch.full_like(exp_part, NEG_INF), exp_part).amax(-1, keepdim=True)
+            shift = (hi - lo + 1.0).clamp(min=0.0)
+            # only where the gate says a revisit is the likelier outcome: a log whose next items
+            # are mostly new (or a learned "after A comes B" rule) keeps the plain mixture
+            shift = torch.where(torch.isfinite(shift) & (gate.unsqueeze(-1) > 0), shift, torch.zeros_like(shift))
+            exp_part = exp_part - shift
+        out = torch.where(in_ring, rep_part, exp_part).masked_fill(~valid, NEG_INF)
+        return torch.log_softmax(out, -1) if tiered else out
 
     def predict(self, h: Tensor, recent: Recent) -> Prediction:
         la_i, g_i = self.copy_item(h, recent)
         la_c, g_c = self.copy_category(h, recent)
-        items = self.mixture(la_i, g_i, recent.items, self.item_explore_logits(h), self.item_valid)
-        cats = self.mixture(la_c, g_c, recent.categories, self.cat_explore_logits(h), self.cat_valid)
+        tiered = self.cfg.fusion == "tiered"
+        items = self.mixture(la_i, g_i, recent.items, self.item_explore_logits(h), self.item_valid, tiered)
+        cats = self.mixture(la_c, g_c, recent.categories, self.cat_explore_logits(h), self.cat_valid, tiered)
         return Prediction(items, cats, self.action_head(self.drop(h)),
                           self.churn_head(self.drop(h)).squeeze(-1))
 
