@@ -410,6 +410,48 @@ class SeqModel(nn.Module):
                           self.churn_head(self.drop(h)).squeeze(-1))
 
 
+    @torch.no_grad()
+    def predict_top_items(self, h: Tensor, recent: Recent, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Serving fast path: exactly `topk(predict(h, recent).item_logits, k)`, plus the action
+        logits and churn logit, without building the [B, V] mixture.
+
+        Every transform the mixture applies to an id outside the ring is monotone in its explore
+        logit and shared by the whole row, so the top k are among the ring ids and the top k + L
+        explore ids; the normalisers come from one logsumexp. tests/unit/test_gru.py holds this
+        equal to `predict` for both fusions. Returns (values [B, k], indices [B, k], action
+        logits [B, 3], churn logit [B]).
+        """
+        log_attn, gate = self.copy_item(h, recent)
+        ring, valid = recent.items, self.item_valid
+        explore = self.item_explore_logits(h).masked_fill(~valid, NEG_INF)
+        lse = torch.logsumexp(explore, -1, keepdim=True)
+        ls_pos, ls_neg = F.logsigmoid(gate).unsqueeze(-1), F.logsigmoid(-gate).unsqueeze(-1)
+        ring_ok = torch.isfinite(log_attn) & valid[ring]  # one entry per distinct valid ring id
+        ring_exp = explore.gather(1, ring) - lse
+        rep = torch.logaddexp(ls_pos + log_attn.masked_fill(~ring_ok, -1e4), ls_neg + ring_exp)
+        rep = rep.masked_fill(~ring_ok, NEG_INF)
+        m = min(k + ring.shape[1], explore.shape[1])
+        top_e, top_i = explore.topk(m, -1)
+        ring_sorted = torch.where(ring_ok, ring, torch.full_like(ring, -1)).sort(-1).values
+        pos = torch.searchsorted(ring_sorted, top_i).clamp(max=ring.shape[1] - 1)
+        in_ring = ring_sorted.gather(1, pos) == top_i
+        exp_part = (ls_neg + top_e - lse).masked_fill(in_ring | ~torch.isfinite(top_e), NEG_INF)
+        if self.cfg.fusion == "tiered":  # the same shift and renormalisation as `mixture`
+            lo = rep.masked_fill(~ring_ok, math.inf).amin(-1, keepdim=True)
+            hi = exp_part.amax(-1, keepdim=True)
+            shift = (hi - lo + 1.0).clamp(min=0.0)
+            shift = torch.where(torch.isfinite(shift) & (gate.unsqueeze(-1) > 0), shift,
+                                torch.zeros_like(shift))
+            exp_part = exp_part - shift
+            ring_mass = ring_exp.masked_fill(~ring_ok, NEG_INF).exp().sum(-1, keepdim=True)
+            rest = ls_neg - shift + torch.log1p(-ring_mass.clamp(max=1.0 - 1e-7))
+            norm = torch.logaddexp(torch.logsumexp(rep, -1, keepdim=True), rest)
+            rep, exp_part = rep - norm, exp_part - norm
+        values, at = torch.cat([rep, exp_part], -1).topk(k, -1)
+        indices = torch.cat([ring, top_i], -1).gather(1, at)
+        return values, indices, self.action_head(self.drop(h)), self.churn_head(self.drop(h)).squeeze(-1)
+
+
 # --------------------------------------------------------------------------------------------
 # Vocabulary
 

@@ -71,7 +71,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-max", type=int, default=None, help="micro-batch size (default 512)")
     p.add_argument("--batch-wait-ms", type=int, default=None, help="micro-batch wait (default 20)")
     p.add_argument("--top-k", type=int, default=None, help="next items per prediction (default 20)")
-    p.add_argument("--ring", type=int, default=None, help="events kept per user (default 50)")
+    p.add_argument("--ring", type=int, default=None,
+                   help="events kept per user (default: the ring the model was trained with)")
     p.add_argument("--processing-guarantee", default=None,
                    choices=["at_least_once", "exactly_once"])
     p.add_argument("--web-port", type=int, default=None, help="faust web/metrics port (0: off)")

@@ -25,7 +25,7 @@ class Settings:
     batch_max: int = 512  # micro-batch: at most this many events...
     batch_wait_ms: int = 20  # ...or this long after the first one
     top_k: int = 20
-    ring: int = 50  # L: events kept per user
+    ring: int = 0  # L: events kept per user; 0 = the length the model was trained with
     max_value_bytes: int = 64 * 1024
     allowed_lateness_ms: int = 60_000  # the event-time clock trails the newest event by this
     churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
@@ -80,8 +80,8 @@ class Settings:
             raise ConfigError(f"batch wait must be at least 1 ms, got {self.batch_wait_ms}")
         if not 1 <= self.top_k <= 1000:
             raise ConfigError(f"top-k must be in 1..1000, got {self.top_k}")
-        if not 1 <= self.ring <= 1000:
-            raise ConfigError(f"ring length must be in 1..1000, got {self.ring}")
+        if not 0 <= self.ring <= 1000:
+            raise ConfigError(f"ring length must be in 0..1000 (0: the model's), got {self.ring}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):

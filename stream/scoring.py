@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucket
-from models.retrieval import top_k
 from models.schema import ACTION_INDEX, ACTIONS
 from stream.churn import ChurnPolicy, on_event
 from stream.events import Event
@@ -233,10 +232,10 @@ class Scorer:
                 st.hidden = self.fold(st.anchor, st.anchor_ts, st.ring)
         # 4. One batched predict for the whole wave.
         h = self._hidden([st.hidden for st in wave_states])
-        out = self.scoring.model.predict(h, self._recent(wave_states))
-        action_p = torch.softmax(out.action_logits, dim=-1).cpu().numpy()
-        churn = torch.sigmoid(out.churn_logit).cpu().numpy()
-        values, indices = top_k(out.item_logits, self.k)
+        values, indices, action_logits, churn_logit = self.scoring.model.predict_top_items(
+            h, self._recent(wave_states), self.k)
+        action_p = torch.softmax(action_logits, dim=-1).cpu().numpy()
+        churn = torch.sigmoid(churn_logit).cpu().numpy()
         raw = self.scoring.items.raw(indices.cpu().numpy().reshape(-1)).reshape(indices.shape)
         scores = values.cpu().numpy()
         version = self.scoring.version

@@ -32,7 +32,7 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
     # No checkpoint: an untrained model with empty vocabularies. Every item is "unknown", so
     # next_items stays empty until a trained version is loaded; actions and churn still flow.
     log.warning("no --model given: serving an untrained model with an empty vocabulary")
-    model = SeqModel(ModelConfig(n_items=2, n_categories=2, ring=settings.ring)).to(device).eval()
+    model = SeqModel(ModelConfig(n_items=2, n_categories=2, ring=settings.ring or 50)).to(device).eval()
     return ScoringModel(model, Vocab([], 2), Vocab([], 2), 0, device)
 
 
@@ -63,11 +63,12 @@ def run_worker(settings: Settings) -> int:
     policy = ChurnPolicy(inactivity_ms=settings.churn_inactivity_ms,
                          risk_threshold=settings.churn_risk_threshold,
                          allowed_lateness_ms=settings.allowed_lateness_ms)
-    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=settings.ring,
+    ring = settings.ring or scoring.model.cfg.ring  # the copy path was trained on this length
+    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring,
                                                         top_k=settings.top_k, churn=policy))
     register_agents(wiring, pipeline)
-    log.info("worker %s on %s: %d partitions, model version %d on %s", settings.app_id,
-             bootstrap, partitions, scoring.version, scoring.device)
+    log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
+             bootstrap, partitions, scoring.version, scoring.device, ring)
     worker = faust.Worker(wiring.app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -165,3 +165,37 @@ def test_top_k_masks_padding_and_unknown():
     assert i.tolist() == [[3, 4], [4, 2]] and v[0, 0] == 3.0
     _, i = top_k(s, 10, valid=torch.tensor([True, True, True, True, False]))
     assert i.shape == (2, 2) and 4 not in i.tolist()[0]
+
+
+@pytest.mark.parametrize("fusion", ["tiered", "mixture"])
+def test_serving_fast_top_k_equals_full_predict(fusion):
+    """predict_top_items (serving) must rank and score exactly like predict's full mixture."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(n_items=300, n_categories=20, hidden=16, emb=8, dropout=0.0, ring=12,
+                      fusion=fusion)
+    model = SeqModel(cfg).eval()
+    model.set_valid(280, 18)  # ids 280.. are unused rows: never output
+    with torch.no_grad():  # make gates of both signs likely
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    B, L = 64, 12
+    g = torch.Generator().manual_seed(0)
+    items = torch.randint(2, 40, (B, L), generator=g)  # small id range: repeats in the ring
+    items[:, :3] = torch.randint(2, 300, (B, 3), generator=g)
+    mask = torch.rand(B, L, generator=g) > 0.2
+    mask[:8] = False  # users with an empty ring
+    mask[8:16, :-1] = False
+    items = torch.where(mask, items, torch.zeros_like(items))
+    items[20, -1] = 1  # the unknown-item row
+    recent = Recent(items=items, categories=torch.randint(2, 18, (B, L), generator=g) * mask,
+                    actions=torch.randint(0, 3, (B, L), generator=g),
+                    age=torch.randint(2, 30, (B, L), generator=g) * mask, mask=mask)
+    h = torch.randn(B, 16, generator=g)
+    with torch.no_grad():
+        full = model.predict(h, recent)
+        want_v, want_i = full.item_logits.topk(10, -1)
+        got_v, got_i, actions, churn = model.predict_top_items(h, recent, 10)
+    torch.testing.assert_close(got_v, want_v, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got_i[torch.isfinite(want_v)], want_i[torch.isfinite(want_v)])
+    torch.testing.assert_close(actions, full.action_logits)
+    torch.testing.assert_close(churn, full.churn_logit)
