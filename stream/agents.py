@@ -49,6 +49,7 @@ class WorkerMetrics:
     churn_returns: int = 0
     sweeps: int = 0
     buffered: int = 0  # events waiting in the reorder buffer (gauge)
+    redeliveries: int = 0  # events the state already held (at-least-once redelivery)
     forced_releases: int = 0
     sweep_seconds: float = 0.0
     batches: int = 0
@@ -68,6 +69,7 @@ class WorkerMetrics:
             "churn_returns": self.churn_returns,
             "mean_sweep_ms": round(1000 * self.sweep_seconds / max(self.sweeps, 1), 3),
             "buffered": self.buffered,
+            "redeliveries_skipped": self.redeliveries,
             "forced_releases": self.forced_releases,
             "batches": self.batches,
             "mean_batch_ms": round(1000 * self.batch_seconds / max(self.batches, 1), 2),
@@ -195,6 +197,7 @@ class ScoringPipeline:
             self._pending_model = None
         valid = self.reorder.release(self.caught_up)
         self.metrics.buffered = self.reorder.size
+        self.metrics.redeliveries = self.scorer.redeliveries
         self.metrics.forced_releases = self.reorder.forced
         if valid:
             states, last_event = self.load_states(valid)

@@ -27,7 +27,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     keys = ("prefix", "broker", "app_id", "data_dir", "model", "device", "batch_max",
             "batch_wait_ms", "top_k", "ring", "processing_guarantee", "web_port", "log_level",
-            "allowed_lateness_ms", "churn_inactivity_ms", "churn_risk_threshold", "churn_sweep_s")
+            "allowed_lateness_ms", "churn_inactivity_ms", "churn_risk_threshold", "churn_sweep_s",
+            "online")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     import os
 
@@ -85,6 +86,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--churn-sweep-s", type=float, default=None,
                    help="how often the churn sweep runs, wall seconds (default 5)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-online", dest="online", action="store_const", const="0", default=None,
+                   help="do not learn online (env SEQSTREAM_ONLINE=0); model versions are still followed")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _optional("stream.broker", sub)
     add_topics(sub)
     add_worker(sub)
-    for module in ("stream.demo", "stream.generate_cli", "stream.replay", "stream.model_cli"):
+    for module in ("stream.demo", "stream.generate_cli", "stream.replay", "stream.model_cli",
+                   "stream.online"):
         _optional(module, sub)
     return parser
 

@@ -33,6 +33,7 @@ class Settings:
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off
+    online: str = "1"  # "0": no online learning (no sample capture, no trainer; still follows versions)
     rocksdb_block_cache_mb: int = 32
     log_level: str = "info"
 

@@ -20,7 +20,7 @@ from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucke
 from models.schema import ACTION_INDEX, ACTIONS
 from stream.churn import ChurnPolicy, on_event
 from stream.events import Event
-from stream.state import Insertion, RingEntry, UserState, insert_event
+from stream.state import Insertion, RingEntry, UserState, insert_event, is_redelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,7 @@ class Scorer:
         self.ring_size = ring_size
         self.k = top_k
         self.churn = churn or ChurnPolicy()
+        self.redeliveries = 0  # events skipped because their state already holds them
 
     def swap(self, scoring: ScoringModel) -> None:
         """Hot-swap the model between two batches. Old hidden states refresh lazily."""
@@ -167,7 +168,8 @@ class Scorer:
         """Apply `events` to `states` (mutated in place) and predict after each event.
 
         Predictions come back in the order of `events`. Per user, events are applied in
-        event-time order (stable for ties), whatever order they arrived in.
+        event-time order (stable for ties), whatever order they arrived in. An event the user's
+        state already holds (redelivered after a restart) is skipped: no prediction, no change.
         """
         per_user: dict[int, list[int]] = defaultdict(list)
         for pos, ev in enumerate(events):
@@ -195,19 +197,28 @@ class Scorer:
         entries: list[RingEntry] = []
         prevs: list[int | None] = []  # event time of each new event's predecessor (its gap)
         churn_msgs: list[list[dict]] = []
+        kept: list[int] = []
         for pos in positions:
             ev = events[pos]
             st = states.get(ev.user_id)
             if st is None:
                 st = states[ev.user_id] = UserState(user_id=ev.user_id)
+            action = ACTION_INDEX[ev.action]
+            if is_redelivery(st, action, ev.offset):
+                self.redeliveries += 1
+                continue
+            kept.append(pos)
             self._refresh_if_stale(st)
             entry = RingEntry(ev.item_id, ev.category_id if ev.category_id is not None else -1,
-                              ACTION_INDEX[ev.action], ev.ts)
+                              action, ev.ts, ev.offset)
             prevs.append(st.last_entry.ts if st.last_entry is not None else st.anchor_ts)
             churn_msgs.append(on_event(st, ev.ts, self.churn, self.scoring.version))
             inserts.append(insert_event(st, entry, self.ring_size))
             wave_states.append(st)
             entries.append(entry)
+        positions = kept
+        if not positions:
+            return
 
         # 1. Evicted events are folded into the anchor (independent of the new event).
         ev_rows = [i for i, ins in enumerate(inserts) if ins.evicted is not None]

@@ -30,6 +30,8 @@ class RingEntry:
     category: int  # -1 when the source has no category
     action: int  # index into ACTIONS
     ts: int  # event time, ms
+    offset: int = -1  # source offset: with the action (= topic) it identifies the message,
+    #                   so a redelivered event (at-least-once) is recognised and not applied twice
 
 
 @dataclass
@@ -62,6 +64,11 @@ class Insertion:
     late: bool  # not appended at the end: hidden must be re-folded from the anchor
     evicted: RingEntry | None  # fell out of the ring: must be folded into the anchor
     prev_ts: int | None  # event time of the event before the evicted one (its gap)
+
+
+def is_redelivery(state: UserState, action: int, offset: int) -> bool:
+    """The same message was applied already (it is still in the ring)."""
+    return offset >= 0 and any(e.offset == offset and e.action == action for e in state.ring)
 
 
 def insert_event(state: UserState, entry: RingEntry, ring_size: int) -> Insertion:
@@ -110,6 +117,7 @@ def encode_state(state: UserState) -> bytes:
         "c": [e.category for e in state.ring],
         "a": bytes(e.action for e in state.ring),
         "t": ts_deltas,
+        "o": [e.offset for e in state.ring],
         "h": _pack_vector(state.hidden),
         "ah": _pack_vector(state.anchor),
         "at": state.anchor_ts,
@@ -132,7 +140,8 @@ def decode_state(data: bytes) -> UserState:
     ts: list[int] = []
     for delta in d["t"]:
         ts.append(delta if not ts else ts[-1] + delta)
-    ring = [RingEntry(i, c, a, t) for i, c, a, t in zip(d["i"], d["c"], d["a"], ts)]
+    offsets = d.get("o") or [-1] * len(ts)
+    ring = [RingEntry(i, c, a, t, o) for i, c, a, t, o in zip(d["i"], d["c"], d["a"], ts, offsets)]
     return UserState(
         user_id=d["u"], ring=ring, hidden=_unpack_vector(d["h"]), anchor=_unpack_vector(d["ah"]),
         anchor_ts=d["at"], model_version=d["mv"], n_events=d["n"], n_by_action=list(d["na"]),

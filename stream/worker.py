@@ -67,8 +67,11 @@ def run_worker(settings: Settings) -> int:
     pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring,
                                                         top_k=settings.top_k, churn=policy))
     register_agents(wiring, pipeline)
+    from stream.online import register_online
+
+    register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
-             bootstrap, partitions, scoring.version, scoring.device, ring)
+             bootstrap, partitions, pipeline.scorer.scoring.version, scoring.device, ring)
     worker = faust.Worker(wiring.app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0

@@ -117,3 +117,14 @@ def test_hot_swap_refreshes_old_hidden_states_from_the_ring():
     assert pred.model_version == 2 and states[9].model_version == 2
     fresh, _ = one_by_one(Scorer(new, ring_size=6, top_k=5), events)
     np.testing.assert_allclose(states[9].hidden, fresh[9].hidden, atol=1e-5)
+
+
+def test_redelivered_events_are_not_applied_twice():
+    scorer = Scorer(make_scoring(), ring_size=6, top_k=5)
+    events = events_for(3, 5)
+    states, _ = one_by_one(scorer, events)
+    before = states[3].hidden.copy()
+    again = scorer.score_batch(states, events[-2:])  # e.g. after a crash before the commit
+    assert again == [] and scorer.redeliveries == 2
+    assert states[3].n_events == 5
+    np.testing.assert_array_equal(states[3].hidden, before)

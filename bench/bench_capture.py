@@ -1,0 +1,156 @@
+"""What training-sample capture costs the serving path, measured end to end on the real broker.
+
+    python bench/bench_capture.py [--events 30000] [--repeat 3]
+
+One run = fresh topics pre-loaded with the same N events, one worker process
+(`python -m stream.online worker`), throughput = N / (time between the first and the N-th
+prediction, by the predictions' broker timestamps; startup excluded). Modes, interleaved in the
+same invocation (off, on, off, on, ...) so that machine noise hits both alike:
+- off: SEQSTREAM_ONLINE=0 (serving only; still follows model-updates);
+- on:  capture on (one sample per in-order prediction to training-samples), trainer elsewhere
+       (SEQSTREAM_ONLINE_TRAINER=external): the cost of the hook itself, not of training.
+Also reported from the worker's own counters: the hook's share of batch time. Uses
+SEQSTREAM_BROKER if set, else the embedded broker. 10,000-item catalogue, H=64, top-20.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint  # noqa: E402
+from models.schema import ACTIONS, LogEvent  # noqa: E402
+from stream.config import Settings  # noqa: E402
+from stream.events import encode_value, input_topic, user_key  # noqa: E402
+from stream.topics import create_topics, delete_topics  # noqa: E402
+
+N_ITEMS, N_USERS = 10_000, 2_000
+
+
+def make_model(path: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=N_ITEMS + 2, n_categories=202, hidden=64, emb=64, dropout=0.0)
+    model = SeqModel(cfg).eval()
+    items, cats = Vocab(np.arange(N_ITEMS), N_ITEMS + 2), Vocab(np.arange(200), 202)
+    model.set_valid(len(items), len(cats))
+    save_checkpoint(path, model, items, cats, version=1, meta={"bench": True})
+    return path
+
+
+def events(n: int, seed: int) -> list[LogEvent]:
+    rng = random.Random(seed)
+    clock = {u: 1_700_000_000_000 + u for u in range(N_USERS)}
+    out = []
+    for _ in range(n):
+        u = rng.randrange(N_USERS)
+        clock[u] += rng.randint(1, 600) * 1000
+        item = rng.randrange(N_ITEMS)
+        out.append(LogEvent(u, item, rng.choices(ACTIONS, (0.92, 0.055, 0.025))[0], clock[u],
+                            category_id=item % 200))
+    return out
+
+
+def one_run(bootstrap: str, model: Path, evs: list[LogEvent], capture: bool, workdir: Path) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(prefix=f"bc{tag}.", app_id=f"bc-{tag}", broker=bootstrap)
+    create_topics(bootstrap, settings, partitions=4)
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+        for ev in evs:
+            producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                          value=encode_value(ev))
+        producer.flush(60)
+        producer.close()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SEQSTREAM_ONLINE": "1" if capture else "0",
+               "SEQSTREAM_ONLINE_TRAINER": "external"}
+        log = workdir / f"worker-{tag}.log"
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.online", "worker", "--broker", bootstrap, "--prefix",
+                 settings.prefix, "--app-id", settings.app_id, "--model", str(model), "--data-dir",
+                 str(workdir / tag), "--device", "cpu"], cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            try:
+                consumer = KafkaConsumer(settings.predictions_topic, bootstrap_servers=bootstrap,
+                                         auto_offset_reset="earliest", group_id=None,
+                                         enable_auto_commit=False)
+                stamps: list[int] = []
+                deadline = time.monotonic() + 600
+                while len(stamps) < len(evs) and time.monotonic() < deadline:
+                    for records in consumer.poll(timeout_ms=500).values():
+                        stamps.extend(r.timestamp for r in records)
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+                consumer.close()
+                time.sleep(11)  # one more metrics line with the final counters
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        text = log.read_text(errors="replace")
+        span = (max(stamps) - min(stamps)) / 1000.0
+        batch_s = re.findall(r"'batches': (\d+), 'mean_batch_ms': ([\d.]+)", text)
+        cap = re.findall(r"capture=\{'samples': (\d+), 'skipped': (\d+), 'seconds': ([\d.e-]+)\}", text)
+        out = {"eps": len(stamps) / max(span, 1e-9), "n": len(stamps)}
+        if batch_s:
+            nb, ms = batch_s[-1]
+            out["batch_s"] = int(nb) * float(ms) / 1000.0
+        if cap:
+            out["samples"], out["capture_s"] = int(cap[-1][0]), float(cap[-1][2])
+        return out
+    finally:
+        delete_topics(bootstrap, settings)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    from stream.worker import resolve_bootstrap
+    bootstrap = os.environ.get("SEQSTREAM_BROKER") or resolve_bootstrap(Settings())
+    evs = events(args.events, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = make_model(work / "model.pt")
+        res: dict[bool, list[dict]] = {False: [], True: []}
+        for r in range(args.repeat):
+            for capture in (False, True):
+                out = one_run(bootstrap, model, evs, capture, work)
+                res[capture].append(out)
+                print(f"run {r + 1} capture={'on' if capture else 'off'}: {out}", file=sys.stderr)
+    off = statistics.median(x["eps"] for x in res[False])
+    on = statistics.median(x["eps"] for x in res[True])
+    share = [x["capture_s"] / x["batch_s"] for x in res[True] if x.get("batch_s") and "capture_s" in x]
+    print()
+    print(f"Capture cost, {args.events} events pre-loaded, 4 partitions, one worker, "
+          f"median of {args.repeat} interleaved runs:")
+    print()
+    print("| capture | events/s | samples sent | hook time / batch time |")
+    print("|---|---|---|---|")
+    print(f"| off | {off:.0f} | 0 | - |")
+    samples = statistics.median(x.get("samples", 0) for x in res[True])
+    print(f"| on | {on:.0f} | {samples:.0f} | {statistics.median(share) * 100 if share else float('nan'):.1f}% |")
+    print()
+    print(f"throughput change with capture: {100 * (on - off) / off:+.1f}% (target: no worse than -10%)")
+
+
+if __name__ == "__main__":
+    main()
