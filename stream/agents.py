@@ -222,11 +222,11 @@ class ScoringPipeline:
             for user_id, st in states.items():
                 self.due.update(last_event[user_id].message.partition, user_id, policy.due_ts(st))
             now_ms = int(time.time() * 1000)
-            send = self.wiring.predictions.send
+            pack = msgpack.Packer(use_bin_type=True).pack
             for p in predictions:
                 self.metrics.late += p.late
                 key = user_key(p.user_id)
-                await send(key=key, value=msgpack.packb(p.to_message(now_ms), use_bin_type=True))
+                await self.send_prediction(key, pack(p.to_message(now_ms)))
                 for msg in p.churn_messages:
                     await self.send_churn(key, msg, p.event.partition)
             self.metrics.predictions += len(predictions)
@@ -245,6 +245,16 @@ class ScoringPipeline:
         if dropped:  # not scored, not acked: the partition's next owner reads them again
             log.info("rebalance: handed back %d buffered events", len(dropped))
 
+
+    async def send_prediction(self, key: bytes, value: bytes) -> None:
+        """at_least_once: enqueue straight on faust's producer (about half the per-message cost
+        of Topic.send; the consumer flushes it before committing offsets). exactly_once:
+        Topic.send, so the prediction joins the partition's transaction."""
+        if self.settings.processing_guarantee == "exactly_once":
+            await self.wiring.predictions.send(key=key, value=value)
+        else:
+            await self.wiring.app.producer.send(self.settings.predictions_topic, key, value,
+                                                None, None, None)
 
     async def send_churn(self, key: bytes, msg: dict, partition: int) -> None:
         if msg["type"] == "churn":
