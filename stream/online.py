@@ -874,36 +874,10 @@ def add_cli(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m stream.online worker|trainer|model ...` until stream/cli.py wires this module in.
-
-    `worker` is `seqstream worker` plus register_online (and `--no-online`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--no-online" in argv:
-        argv.remove("--no-online")
-        os.environ["SEQSTREAM_ONLINE"] = "0"
+    """`python -m stream.online ...` is `seqstream ...` (kept for scripts written before the
+    CLI wired this module in)."""
     from stream import cli
 
-    if argv and argv[0] == "worker":
-        import stream.agents as agents
-
-        original = agents.register_agents
-
-        def register_agents(wiring: Any, pipeline: Any, **kw: Any) -> None:
-            original(wiring, pipeline, **kw)
-            register_online(wiring, pipeline, pipeline.settings)
-
-        agents.register_agents = register_agents
-        return cli.main(argv)
-    build = cli.build_parser
-
-    def build_parser() -> argparse.ArgumentParser:
-        parser = build()
-        sub = parser._subparsers._group_actions[0]  # type: ignore[union-attr]
-        if "trainer" not in sub.choices:
-            add_cli(sub)
-        return parser
-
-    cli.build_parser = build_parser
     return cli.main(argv)
 
 

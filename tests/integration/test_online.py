@@ -1,5 +1,5 @@
 """Online learning end to end on the real broker, with real `seqstream worker` processes
-(`python -m stream.online worker` = the worker plus register_online):
+(they learn online by default):
 
 1. two workers learn online from their own predictions' samples; the trainer (inside one of
    them) promotes versions to model-updates and BOTH workers end up serving the same version; a
@@ -95,7 +95,7 @@ def deployment(kafka_bootstrap):
 
 class Worker:
     def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path, env: dict) -> None:
-        cmd = [sys.executable, "-m", "stream.online", "worker", "--broker", settings.broker,
+        cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
                "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
                "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64",
                "--device", "cpu"]
@@ -167,7 +167,7 @@ def latest_versions_by_partition(bootstrap: str, topic: str, since_ts: int, time
 
 
 def run_cli(settings: Settings, *args: str) -> str:
-    cmd = [sys.executable, "-m", "stream.online", "model", *args, "--broker", settings.broker,
+    cmd = [sys.executable, "-m", "stream.cli", "model", *args, "--broker", settings.broker,
            "--prefix", settings.prefix]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
