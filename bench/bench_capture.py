@@ -29,30 +29,19 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import torch
 from kafka import KafkaConsumer, KafkaProducer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint  # noqa: E402
 from models.schema import ACTIONS, LogEvent  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.events import encode_value, input_topic, user_key  # noqa: E402
 from stream.topics import create_topics, delete_topics  # noqa: E402
 
-N_ITEMS, N_USERS = 10_000, 2_000
+from bench_pipeline import N_ITEMS, make_model  # noqa: E402  (same 10,000-item model)
 
-
-def make_model(path: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_items=N_ITEMS + 2, n_categories=202, hidden=64, emb=64, dropout=0.0)
-    model = SeqModel(cfg).eval()
-    items, cats = Vocab(np.arange(N_ITEMS), N_ITEMS + 2), Vocab(np.arange(200), 202)
-    model.set_valid(len(items), len(cats))
-    save_checkpoint(path, model, items, cats, version=1, meta={"bench": True})
-    return path
+N_USERS = 2_000
 
 
 def events(n: int, seed: int) -> list[LogEvent]:

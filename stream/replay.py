@@ -631,7 +631,7 @@ def add_cli(sub: Any) -> None:
 
 def run_replay_command(args: argparse.Namespace) -> int:
     if args.from_ts is not None and args.to_ts is not None and args.from_ts >= args.to_ts:
-        print(f"seqstream replay: --from must be before --to", file=sys.stderr)
+        print("seqstream replay: --from must be before --to", file=sys.stderr)
         return 2
     opts = ReplayOptions(path=args.file, fmt=args.fmt, speed=args.speed, prefix=args.prefix,
                          from_ts=args.from_ts, to_ts=args.to_ts, resume=args.resume,

@@ -10,10 +10,8 @@
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +30,7 @@ from models.schema import LogEvent
 from stream.config import Settings
 from stream.events import encode_value, input_topic, user_key
 from stream.online import read_store
+from tests.integration.workers import WorkerProcess
 from stream.topics import create_topics, delete_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,26 +92,9 @@ def deployment(kafka_bootstrap):
     delete_topics(kafka_bootstrap, settings)
 
 
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path, env: dict) -> None:
-        cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
-               "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
-               "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64",
-               "--device", "cpu"]
-        self.log = log
-        self._logf = open(log, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
+        super().__init__(settings, model, data_dir, log, "--device", "cpu", env=env)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -18,14 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 class WorkerProcess:
     def __init__(self, settings: Settings, model: Path, data_dir: Path, log: Path,
-                 *extra: str) -> None:
+                 *extra: str, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", settings.broker,
                "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model),
                "--data-dir", str(data_dir), "--batch-wait-ms", "20", "--batch-max", "64", *extra]
         self.log = log
         self._logf = open(log, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
 
     def stop(self) -> None:
         if self.proc.poll() is None:
