@@ -9,9 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 import uuid
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import torch
 import models.train as T
 from models.gru import load_checkpoint
 from models.schema import ACTIONS, LogEvent
-from models.train import (NegativeSampler, TrainConfig, build_model, cutoff_view, fit_model, make_batch,
+from models.train import (NegativeSampler, TrainConfig, cutoff_view, make_batch,
                           make_seqdata, predict_at, train_model)
 
 pytestmark = pytest.mark.unit
