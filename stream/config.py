@@ -34,6 +34,7 @@ class Settings:
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off
     online: str = "1"  # "0": no online learning (no sample capture, no trainer; still follows versions)
+    torch_threads: int = 0  # 0: half the cores (at most 4): scoring and the trainer each get a thread
     rocksdb_block_cache_mb: int = 32
     log_level: str = "info"
 

@@ -55,7 +55,9 @@ def run_worker(settings: Settings) -> int:
     from stream.topics import check_copartitioned
 
     settings.validate()
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    # the scorer and the in-worker trainer run in two executor threads beside the event loop:
+    # more intra-op threads than that oversubscribes small hosts (measured in bench_capture.py)
+    torch.set_num_threads(settings.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
     bootstrap = resolve_bootstrap(settings)
     partitions = check_copartitioned(bootstrap, settings)
     scoring = load_scoring_model(settings)
