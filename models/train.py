@@ -423,7 +423,8 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     for ep in range(n_epochs):
         t0, seen, nll_sum, nll_n = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(total=n_train, desc=f"epoch {ep + 1}/{n_epochs}", file=sys.stderr,
-                   disable=not cfg.progress, unit="ev", leave=False)
+                   disable=not cfg.progress, unit="ev", leave=False,
+                   mininterval=0.1 if sys.stderr.isatty() else 15.0)  # logs get a line per 15 s
         for users in user_batches(data, cfg.batch, rng):
             b = make_batch(data, users, cfg.horizon_s, data_end, model.cfg.n_gap_buckets, device,
                            cfg.known_targets_only)
