@@ -1,9 +1,12 @@
-"""Precision and recall of churn alerts against the generator's ground truth, through a worker.
+"""Churn on the generator's ground truth, through a real worker.
 
 1. train a model on one generated log (seed S+1), churn horizon = the alert inactivity;
-2. replay a different log (seed S, same distribution) at max speed through a real worker;
-3. compare the open alerts at the end (alerted, never returned) with the ground-truth churners
-   that had been quiet for the inactivity window by the end of the log.
+2. replay a different log (seed S, same distribution) at max speed through a worker whose alert
+   risk threshold is 0, so every quiet user is alerted and each alert carries its risk;
+3. precision and recall of the open alerts at the end against the ground-truth churners, at
+   several risk thresholds (an alert is kept when its risk >= the threshold);
+4. churn ROC-AUC / PR-AUC at each user's last event: the model's churn risk against a
+   recency/frequency logistic regression fitted on the training log.
 
     python bench/bench_churn_alerts.py [--users 1500] [--events 45000] [--inactivity-days 3]
 """
@@ -22,6 +25,9 @@ import msgpack
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
+from models.evaluate import LogisticRegression, average_precision, roc_auc  # noqa: E402
 from models.gru import save_checkpoint  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
 from models.train import TrainConfig, train_model  # noqa: E402
@@ -39,7 +45,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=45_000)
     p.add_argument("--days", type=float, default=30)
     p.add_argument("--inactivity-days", type=float, default=3)
-    p.add_argument("--risk", type=float, default=0.5)
+    p.add_argument("--thresholds", default="0,0.1,0.2,0.3,0.5")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
@@ -65,7 +71,7 @@ def main() -> None:
     create_topics(bootstrap, settings, 4)
     worker = WorkerProcess(settings, model, work / "state", work / "worker.log",
                            "--churn-inactivity-ms", str(inactivity), "--churn-risk-threshold",
-                           str(args.risk), "--churn-sweep-s", "1", "--allowed-lateness-ms", "0",
+                           "0", "--churn-sweep-s", "1", "--allowed-lateness-ms", "0",
                            "--batch-max", "512")
     try:
         worker.wait_ready(120)
@@ -87,24 +93,53 @@ def main() -> None:
     truth = {u for u in test_log.churners if last[u] + inactivity <= end_ts}
     quiet = {u for u, ts in last.items() if ts + inactivity <= end_ts}
     # an alert is still open when the user's last message is the alert (no `returned` after it)
-    last_msg = {}
+    last_msg: dict[int, dict] = {}
     for m in sorted(alerts, key=lambda m: m.get("alert_ts") or m.get("returned_ts")):
-        last_msg[m["user_id"]] = m["type"]
-    open_alerts = {u for u, t in last_msg.items() if t == "churn"}
-    tp = len(open_alerts & truth)
-    precision = tp / max(len(open_alerts), 1)
-    recall = tp / max(len(truth), 1)
+        last_msg[m["user_id"]] = m
+    open_alerts = {u: m["risk"] for u, m in last_msg.items() if m["type"] == "churn"}
     returned = sum(m["type"] == "returned" for m in alerts)
+
+    # churn scores at each user's last event: the model's risk vs recency/frequency
+    risk_at_last: dict[int, tuple[int, float]] = {}
+    for r in preds:
+        m = msgpack.unpackb(r.value, raw=False)
+        u, ts = m["user_id"], m["event"]["ts"]
+        if ts >= risk_at_last.get(u, (-1, 0.0))[0]:
+            risk_at_last[u] = (ts, m["churn_risk"])
+
+    def rf_features(log) -> tuple[list[int], np.ndarray]:
+        prev: dict[int, int] = {}
+        gap: dict[int, float] = {}
+        count: dict[int, int] = {}
+        for u, ts in zip(log.user_id.tolist(), log.ts_ms.tolist()):
+            gap[u] = (ts - prev[u]) / 1000.0 if u in prev else 0.0
+            prev[u] = ts
+            count[u] = count.get(u, 0) + 1
+        users = sorted(count)
+        return users, np.array([[np.log1p(gap[u]), np.log(count[u])] for u in users])
+
+    tr_users, tr_x = rf_features(train_log)
+    baseline = LogisticRegression().fit(tr_x, [u in train_log.churners for u in tr_users])
+    te_users, te_x = rf_features(test_log)
+    labels = np.array([u in test_log.churners for u in te_users])
+    model_scores = np.array([risk_at_last[u][1] for u in te_users])
+    base_scores = baseline.predict_proba(te_x)
+
     print(f"command: python bench/bench_churn_alerts.py {' '.join(sys.argv[1:])}")
-    print(f"{len(test_log)} events, {len(last)} users, {len(preds)} predictions in {elapsed:.0f}s; "
-          f"inactivity {args.inactivity_days} days, risk threshold {args.risk}\n")
-    print("| measure | value |\n|---|---|")
-    print(f"| ground-truth churners quiet ≥ {args.inactivity_days} d at the end | {len(truth)} |")
-    print(f"| all users quiet that long (churners or not) | {len(quiet)} |")
-    print(f"| open alerts at the end | {len(open_alerts)} |")
-    print(f"| precision vs churners | {precision:.3f} |")
-    print(f"| recall vs churners | {recall:.3f} |")
-    print(f"| alerts closed by a `returned` message | {returned} |")
+    print(f"{len(test_log)} events, {len(last)} users ({len(test_log.churners)} churners), "
+          f"{len(preds)} predictions in {elapsed:.0f}s; inactivity {args.inactivity_days} days; "
+          f"{len(truth)} churners quiet that long by the end, {len(quiet)} users quiet that long "
+          f"in all, {returned} alerts closed by `returned`\n")
+    print("| alert risk threshold | open alerts | precision | recall |\n|---|---|---|---|")
+    for t in (float(x) for x in args.thresholds.split(",")):
+        kept = {u for u, risk in open_alerts.items() if risk >= t}
+        tp = len(kept & truth)
+        print(f"| {t:g} | {len(kept)} | {tp / max(len(kept), 1):.3f} | {tp / max(len(truth), 1):.3f} |")
+    print("\n| churn score at each user's last event | ROC-AUC | PR-AUC |\n|---|---|---|")
+    print(f"| model churn head | {roc_auc(model_scores, labels):.3f} | "
+          f"{average_precision(model_scores, labels):.3f} |")
+    print(f"| recency/frequency logistic regression | {roc_auc(base_scores, labels):.3f} | "
+          f"{average_precision(base_scores, labels):.3f} |")
 
 
 if __name__ == "__main__":

@@ -445,7 +445,7 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
                 nll_n += n
                 bar.update(k)
                 bar.set_postfix(item_nll=f"{nll_sum / max(nll_n, 1):.3f}",
-                                ev_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                                ev_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
         bar.close()
         rates.append(seen / max(time.perf_counter() - t0, 1e-9))
         losses.append(nll_sum / max(nll_n, 1))
