@@ -1,7 +1,8 @@
 """Churn alerts in event time: who went quiet, exactly once per inactivity episode.
 
-A user becomes *due* when their last churn risk is at least `risk_threshold` and no event has
-followed their last one for `inactivity_ms` of event time. Two paths find due users, and both
+A user becomes *due* when their last churn risk is at least `risk_threshold` (default 0: every
+user; the churn head is not yet better than recency, see BENCHMARKS.md) and no event has followed
+their last one for `inactivity_ms` of event time. Every alert carries the risk, for ranking. Two paths find due users, and both
 produce the same message, so a replay at any speed gives the same alerts:
 
 - the sweep: a timer that compares each partition's event-time clock with the due times in an
@@ -27,7 +28,7 @@ DAY_MS = 24 * 3600 * 1000
 @dataclass(frozen=True)
 class ChurnPolicy:
     inactivity_ms: int = 2 * DAY_MS  # alert after this much event time without an event
-    risk_threshold: float = 0.5  # ...if the model's churn risk at the last event was this high
+    risk_threshold: float = 0.0  # ...if the model's churn risk at the last event was this high
     allowed_lateness_ms: int = 60_000  # the clock trails the newest event by this much
 
     def due_ts(self, st: UserState) -> int | None:

@@ -82,7 +82,7 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--churn-inactivity-ms", type=int, default=None,
                    help="alert after this much event-time inactivity (default 2 days)")
     p.add_argument("--churn-risk-threshold", type=float, default=None,
-                   help="...if the last churn risk is at least this (default 0.5)")
+                   help="...if the last churn risk is at least this (default 0: any user)")
     p.add_argument("--churn-sweep-s", type=float, default=None,
                    help="how often the churn sweep runs, wall seconds (default 5)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])

@@ -29,7 +29,7 @@ class Settings:
     max_value_bytes: int = 64 * 1024
     allowed_lateness_ms: int = 60_000  # the event-time clock trails the newest event by this
     churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
-    churn_risk_threshold: float = 0.5  # ...when the last churn risk was at least this
+    churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off
