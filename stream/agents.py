@@ -166,8 +166,12 @@ class ScoringPipeline:
         if highwater is None:
             return False
         last = self.delivered.get((topic, partition))
-        if last is None:  # nothing delivered: caught up only if the fetcher read nothing either
-            return getattr(consumer, "_read_offset", {}).get(tp) is None
+        if last is None:
+            # nothing delivered since start: use the fetcher's position (after a restart faust
+            # seeds it from the committed offset); unset means it has read nothing at all
+            last = getattr(consumer, "_read_offset", {}).get(tp)
+            if last is None:
+                return True
         return last + 1 >= highwater
 
     async def release_ready(self) -> None:

@@ -64,3 +64,16 @@ def make_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
             except Exception:  # noqa: BLE001 - cleanup only; never mask the test's own result
                 pass
         admin.close()
+
+
+@pytest.fixture()
+def deployment(kafka_bootstrap: str):
+    """A fresh seqstream deployment: unique prefix and app id, topics created, then deleted."""
+    from stream.config import Settings
+    from stream.topics import create_topics, delete_topics
+
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(prefix=f"t{tag}.", app_id=f"it-{tag}", broker=kafka_bootstrap)
+    create_topics(kafka_bootstrap, settings, partitions=2)
+    yield settings
+    delete_topics(kafka_bootstrap, settings)

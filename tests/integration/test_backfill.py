@@ -7,28 +7,21 @@ import uuid
 import msgpack
 import numpy as np
 import pytest
-import torch
 from kafka import KafkaProducer
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.schema import LogEvent
 from models.synthetic import GeneratorConfig, generate
 from stream.config import Settings
 from stream.events import encode_value, input_topic, user_key
 from stream.replay import Replayer, replay_events
 from stream.topics import create_topics, delete_topics
-from tests.integration.workers import WorkerProcess, consume_until
+from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = SeqModel(ModelConfig(n_items=302, n_categories=22, hidden=16, emb=8, dropout=0.0)).eval()
-    items, cats = Vocab(np.arange(300), 302), Vocab(np.arange(20), 22)
-    model.set_valid(len(items), len(cats))
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, model, items, cats, version=1, meta={})
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", 300, 20,
+                                hidden=16, emb=8)
 
 
 def test_backfill_then_switch_to_live_keeps_user_state(kafka_bootstrap, checkpoint, tmp_path):

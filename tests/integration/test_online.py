@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import msgpack
@@ -31,7 +30,6 @@ from stream.config import Settings
 from stream.events import encode_value, input_topic, user_key
 from stream.online import read_store
 from tests.integration.workers import WorkerProcess
-from stream.topics import create_topics, delete_topics
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000
@@ -81,15 +79,6 @@ def write_checkpoint(path: Path, trained: bool) -> Path:
     model, items, cats = base_model(trained)
     save_checkpoint(path, model, items, cats, version=3, meta={"test": True})
     return path
-
-
-@pytest.fixture()
-def deployment(kafka_bootstrap):
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(prefix=f"o{tag}.", app_id=f"on-{tag}", broker=kafka_bootstrap)
-    create_topics(kafka_bootstrap, settings, partitions=2)
-    yield settings
-    delete_topics(kafka_bootstrap, settings)
 
 
 class Worker(WorkerProcess):

@@ -9,14 +9,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-import torch
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.synthetic import GeneratorConfig, generate
 from stream.config import Settings
 from stream.replay import Replayer, replay_events
 from stream.topics import create_topics, delete_topics
-from tests.integration.workers import WorkerProcess, consume_until
+from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 
 DAY_MS = 24 * 3600 * 1000
 INACTIVITY_MS = 3 * DAY_MS
@@ -31,15 +29,8 @@ def log():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, log) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_items=402, n_categories=22, hidden=32, emb=16, dropout=0.0)
-    model = SeqModel(cfg).eval()
-    items, cats = Vocab(np.arange(400), 402), Vocab(np.arange(20), 22)
-    model.set_valid(len(items), len(cats))
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, model, items, cats, version=1, meta={})
-    return path
+def checkpoint(tmp_path_factory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", 400, 20)
 
 
 def run_deployment(bootstrap: str, log, model: Path, tmp: Path, *, workers: int,

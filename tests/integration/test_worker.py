@@ -4,21 +4,16 @@ reason, and user state that survives a restart (recovered from the changelog).""
 from __future__ import annotations
 
 import random
-import uuid
 from pathlib import Path
 
 import msgpack
-import numpy as np
 import pytest
-import torch
 from kafka import KafkaProducer
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.schema import ACTIONS, LogEvent
 from stream.config import Settings
 from stream.events import MAX_VALUE_BYTES, Reason, encode_value, input_topic, user_key
-from stream.topics import create_topics, delete_topics
-from tests.integration.workers import WorkerProcess, consume_until
+from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 
 T0 = 1_700_000_000_000
 N_USERS, N_ITEMS = 40, 200
@@ -26,23 +21,8 @@ N_USERS, N_ITEMS = 40, 200
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_items=N_ITEMS + 2, n_categories=12, hidden=32, emb=16, dropout=0.0)
-    model = SeqModel(cfg).eval()
-    items, cats = Vocab(np.arange(N_ITEMS), N_ITEMS + 2), Vocab(np.arange(10), 12)
-    model.set_valid(len(items), len(cats))
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_checkpoint(path, model, items, cats, version=3, meta={"test": True})
-    return path
-
-
-@pytest.fixture()
-def deployment(kafka_bootstrap):
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(prefix=f"t{tag}.", app_id=f"it-{tag}", broker=kafka_bootstrap)
-    create_topics(kafka_bootstrap, settings, partitions=2)
-    yield settings
-    delete_topics(kafka_bootstrap, settings)
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", N_ITEMS, 10,
+                                version=3)
 
 
 def make_events(n: int, seed: int = 0) -> list[LogEvent]:

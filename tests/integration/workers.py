@@ -76,3 +76,23 @@ def consume_until(bootstrap: str, topic: str, want: int, timeout_s: float,
     finally:
         consumer.close()
     return got
+
+
+def untrained_checkpoint(path: Path, n_items: int, n_categories: int, *, hidden: int = 32,
+                         emb: int = 16, version: int = 1) -> Path:
+    """A small untrained model whose vocabulary is items 0..n_items-1 and categories
+    0..n_categories-1: enough for pipeline tests, which check plumbing, not quality."""
+    import numpy as np
+    import torch
+
+    from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=n_items + 2, n_categories=n_categories + 2, hidden=hidden, emb=emb,
+                      dropout=0.0)
+    model = SeqModel(cfg).eval()
+    items = Vocab(np.arange(n_items), n_items + 2)
+    cats = Vocab(np.arange(n_categories), n_categories + 2)
+    model.set_valid(len(items), len(cats))
+    save_checkpoint(path, model, items, cats, version=version, meta={"test": True})
+    return path
