@@ -232,72 +232,69 @@ def _taobao(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
                 yield reader.line_num, row, str(e)
 
 
-def _retailrocket(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
+def _csv_with_header(path: Path, columns: tuple[str, ...]
+                     ) -> Iterator[tuple[Any, int, dict[str, int], list[str], int]]:
+    """Rows of a CSV with a required header: (reader, row, column index, fields, header width).
+    Blank lines are skipped and use no row index; the caller checks the width (a bad row)."""
     with _open_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             return
-        col = _header_index(header, _RETAILROCKET_COLUMNS, path)
+        col = _header_index(header, columns, path)
         width = len(header)
         row = -1
         for rec in reader:
             if not rec:
                 continue
             row += 1
-            try:
-                if len(rec) != width:
-                    raise _RowError(f"expected {width} fields, got {len(rec)}")
-                event = rec[col["event"]].strip()
-                action = RETAILROCKET_ACTIONS.get(event)
-                if action is None:
-                    raise _RowError(f"unknown event {event!r}")
-                yield reader.line_num, row, LogEvent(
-                    user_id=_int(rec[col["visitorid"]], "visitorid"),
-                    item_id=_int(rec[col["itemid"]], "itemid"),
-                    action=action,
-                    ts_ms=_int(rec[col["timestamp"]], "timestamp"),
-                    row=row,
-                )
-            except _RowError as e:
-                yield reader.line_num, row, str(e)
+            yield reader, row, col, rec, width
+
+
+def _retailrocket(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
+    for reader, row, col, rec, width in _csv_with_header(path, _RETAILROCKET_COLUMNS):
+        try:
+            if len(rec) != width:
+                raise _RowError(f"expected {width} fields, got {len(rec)}")
+            event = rec[col["event"]].strip()
+            action = RETAILROCKET_ACTIONS.get(event)
+            if action is None:
+                raise _RowError(f"unknown event {event!r}")
+            yield reader.line_num, row, LogEvent(
+                user_id=_int(rec[col["visitorid"]], "visitorid"),
+                item_id=_int(rec[col["itemid"]], "itemid"),
+                action=action,
+                ts_ms=_int(rec[col["timestamp"]], "timestamp"),
+                row=row,
+            )
+        except _RowError as e:
+            yield reader.line_num, row, str(e)
 
 
 def _rees46(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
-    with _open_text(path) as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return
-        col = _header_index(header, _REES46_COLUMNS, path)
-        width = len(header)
-        row = -1
-        for rec in reader:
-            if not rec:
+    for reader, row, col, rec, width in _csv_with_header(path, _REES46_COLUMNS):
+        try:
+            if len(rec) != width:
+                raise _RowError(f"expected {width} fields, got {len(rec)}")
+            event = rec[col["event_type"]].strip()
+            if event in REES46_DROPPED:
+                yield reader.line_num, row, "drop:" + event
                 continue
-            row += 1
-            try:
-                if len(rec) != width:
-                    raise _RowError(f"expected {width} fields, got {len(rec)}")
-                event = rec[col["event_type"]].strip()
-                if event in REES46_DROPPED:
-                    yield reader.line_num, row, "drop:" + event
-                    continue
-                action = REES46_ACTIONS.get(event)
-                if action is None:
-                    raise _RowError(f"unknown event_type {event!r}")
-                session = rec[col["user_session"]].strip()
-                yield reader.line_num, row, LogEvent(
-                    user_id=_int(rec[col["user_id"]], "user_id"),
-                    item_id=_int(rec[col["product_id"]], "product_id"),
-                    action=action,
-                    ts_ms=_rees46_ts_ms(rec[col["event_time"]]),
-                    category_id=_opt_int(rec[col["category_id"]], "category_id"),
-                    session_id=session_id_from_string(session) if session else None,
-                    row=row,
-                )
-            except _RowError as e:
-                yield reader.line_num, row, str(e)
+            action = REES46_ACTIONS.get(event)
+            if action is None:
+                raise _RowError(f"unknown event_type {event!r}")
+            session = rec[col["user_session"]].strip()
+            yield reader.line_num, row, LogEvent(
+                user_id=_int(rec[col["user_id"]], "user_id"),
+                item_id=_int(rec[col["product_id"]], "product_id"),
+                action=action,
+                ts_ms=_rees46_ts_ms(rec[col["event_time"]]),
+                category_id=_opt_int(rec[col["category_id"]], "category_id"),
+                session_id=session_id_from_string(session) if session else None,
+                row=row,
+            )
+        except _RowError as e:
+            yield reader.line_num, row, str(e)
 
 
 def _otto(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:

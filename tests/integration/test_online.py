@@ -27,9 +27,8 @@ from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.online import OnlineConfig, OnlineLearner, decode_sample, encode_sample
 from models.schema import LogEvent
 from stream.config import Settings
-from stream.events import encode_value, input_topic, user_key
 from stream.online import read_store
-from tests.integration.workers import WorkerProcess
+from tests.integration.workers import WorkerProcess, send_events
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000
@@ -108,15 +107,6 @@ def wait_for(cond, timeout_s: float, what: str, workers=()):
         time.sleep(0.5)
     tails = "\n---\n".join(w.text()[-2500:] for w in workers)
     pytest.fail(f"timed out waiting for {what}\n{tails}")
-
-
-def send_events(bootstrap: str, settings: Settings, events: list[LogEvent]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for ev in events:
-        producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
-                      value=encode_value(ev))
-    producer.flush(30)
-    producer.close()
 
 
 def latest_versions_by_partition(bootstrap: str, topic: str, since_ts: int, timeout_s: float = 20):

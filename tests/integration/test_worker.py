@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaProducer
 
 from models.schema import ACTIONS, LogEvent
-from stream.config import Settings
 from stream.events import MAX_VALUE_BYTES, Reason, encode_value, input_topic, user_key
-from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
+from tests.integration.workers import (WorkerProcess, consume_until, send_events,
+                                       untrained_checkpoint)
 
 T0 = 1_700_000_000_000
 N_USERS, N_ITEMS = 40, 200
@@ -35,15 +35,6 @@ def make_events(n: int, seed: int = 0) -> list[LogEvent]:
         out.append(LogEvent(u, rng.randrange(N_ITEMS), rng.choice(ACTIONS), clock[u],
                             category_id=rng.randrange(10)))
     return out
-
-
-def send_events(bootstrap: str, settings: Settings, events: list[LogEvent]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for ev in events:
-        producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
-                      value=encode_value(ev))
-    producer.flush(30)
-    producer.close()
 
 
 def malformed_corpus() -> list[tuple[str, bytes | None, bytes | None, str]]:

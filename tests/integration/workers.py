@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
+from models.schema import LogEvent
 from stream.config import Settings
+from stream.events import encode_value, input_topic, user_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,3 +98,13 @@ def untrained_checkpoint(path: Path, n_items: int, n_categories: int, *, hidden:
     model.set_valid(len(items), len(cats))
     save_checkpoint(path, model, items, cats, version=version, meta={"test": True})
     return path
+
+
+def send_events(bootstrap: str, settings: Settings, events: list[LogEvent]) -> None:
+    """Produce events to their input topics with kafka-python, as a shop would."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for ev in events:
+        producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                      value=encode_value(ev))
+    producer.flush(30)
+    producer.close()
