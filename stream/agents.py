@@ -92,6 +92,7 @@ class ScoringPipeline:
         self.due = DueIndex()
         self.reorder: ReorderBuffer[Any] = ReorderBuffer(settings.input_topics)
         self.delivered: dict[tuple[str, int], int] = {}  # last offset handed to us per input tp
+        self._idle_since: dict[TP, float] = {}  # see caught_up
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
@@ -155,24 +156,45 @@ class ScoringPipeline:
         async with self.state_lock:
             await self._process(batch)
 
-    def caught_up(self, topic: str, partition: int) -> bool:
-        """Everything Kafka had for this input partition has been handed to us."""
-        consumer = self.wiring.app.consumer
-        tp = TP(topic, partition)
+    def _fetch_state(self, tp: TP) -> Any:
+        """aiokafka's per-partition fetch state (highwater, position, last poll), or None."""
         try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # not assigned (yet), or no fetch so far
-            return False
-        if highwater is None:
-            return False
+            consumer = self.wiring.app.consumer._thread._ensure_consumer()
+            return consumer._subscription.subscription.assignment.state_value(tp)
+        except Exception:  # not assigned (any more), or not started
+            return None
+
+    def _last_poll_ms(self, tp: TP) -> float | None:
+        state = self._fetch_state(tp)
+        return None if state is None else state.timestamp
+
+    def caught_up(self, topic: str, partition: int) -> float | None:
+        """The fetch time as of which everything Kafka had for this input partition has been
+        handed to us, or None (stream/ordering.py says why the time matters)."""
+        tp = TP(topic, partition)
+        state = self._fetch_state(tp)
+        if state is None or state.highwater is None or state.timestamp is None:
+            return None  # no fetch answered for it yet
+        highwater = state.highwater
         last = self.delivered.get((topic, partition))
-        if last is None:
-            # nothing delivered since start: use the fetcher's position (after a restart faust
-            # seeds it from the committed offset); unset means it has read nothing at all
-            last = getattr(consumer, "_read_offset", {}).get(tp)
-            if last is None:
-                return True
-        return last + 1 >= highwater
+        if last is not None:
+            return state.timestamp if last + 1 >= highwater else None
+        # Nothing handed to us since start. After a restart faust seeks to the committed
+        # offset and records it as its read offset: the next offset to read.
+        next_offset = getattr(self.wiring.app.consumer, "_read_offset", {}).get(tp)
+        if next_offset is not None:
+            return state.timestamp if next_offset >= highwater else None
+        if highwater == 0:
+            return state.timestamp
+        # A new group on a partition whose records all expired: the fetcher sits at the
+        # highwater and will never hand anything over. Records it has just fetched are handed
+        # over within milliseconds, so a position that stays at the highwater for a second
+        # means there is nothing to wait for.
+        if not (state.has_valid_position and state.position >= highwater):
+            self._idle_since.pop(tp, None)
+            return None
+        since = self._idle_since.setdefault(tp, time.monotonic())
+        return state.timestamp if time.monotonic() - since >= 1.0 else None
 
     async def release_ready(self) -> None:
         """Score what the reorder buffer can release now (also called from a timer)."""
@@ -182,16 +204,19 @@ class ScoringPipeline:
     async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
         self.metrics.events_in += len(batch)
+        seen_ms: dict[tuple[str, int], float] = {}
         for fev in batch:
             msg = fev.message
-            self.delivered[(msg.topic, msg.partition)] = max(
-                msg.offset, self.delivered.get((msg.topic, msg.partition), -1))
+            key = (msg.topic, msg.partition)
+            self.delivered[key] = max(msg.offset, self.delivered.get(key, -1))
+            if key not in seen_ms:  # the fetch that brought it is no newer than this
+                seen_ms[key] = self._last_poll_ms(TP(*key)) or 0.0
         valid, invalid = self.decode(batch)
         for bad in invalid:
             await self.send_dead_letter(bad)
         for ev, fev in valid:
             fev.message.incref()  # released by our own ack once scored
-            self.reorder.add(ev, fev)
+            self.reorder.add(ev, fev, seen_ms[(ev.topic, ev.partition)])
         await self._score_released(started)
 
     async def _score_released(self, started: float) -> None:
@@ -246,6 +271,7 @@ class ScoringPipeline:
         dropped = self.reorder.drop_partitions(parts)
         for tp in revoked:
             self.delivered.pop((tp.topic, tp.partition), None)
+            self._idle_since.pop(tp, None)
         if dropped:  # not scored, not acked: the partition's next owner reads them again
             log.info("rebalance: handed back %d buffered events", len(dropped))
 

@@ -1,4 +1,5 @@
 """The reorder buffer releases a partition's events in event-time order, whatever the fetch order."""
+import math
 import random
 
 import pytest
@@ -16,7 +17,11 @@ def ev(topic: str, ts: int, offset: int, partition: int = 0, user: int = 1) -> E
 
 
 def never(topic, partition):
-    return False
+    return None
+
+
+def always(topic, partition):
+    return math.inf
 
 
 def test_holds_events_until_every_topic_has_passed_them():
@@ -35,8 +40,20 @@ def test_caught_up_topics_do_not_hold_others_back():
     buf: ReorderBuffer = ReorderBuffer(TOPICS)
     buf.add(ev("click", 10, 0), "k10")
     buf.add(ev("click", 11, 1), "k11")
-    caught = lambda t, p: t != "click"  # noqa: E731 - cart and purchase have nothing pending
+    caught = lambda t, p: None if t == "click" else 0.0  # noqa: E731 - cart, purchase are drained
     assert [h for _, h in buf.release(caught)] == ["k10", "k11"]
+
+
+def test_caught_up_only_counts_when_it_is_newer_than_the_event():
+    # cart-0 was fetched at t=200; click-0 looked drained at its last fetch, t=100, but that
+    # fetch predates the cart event, so a click older than the cart may still be on its way
+    buf: ReorderBuffer = ReorderBuffer(TOPICS)
+    buf.add(ev("cart", 50, 0), "c50", seen_ms=200.0)
+    polled = {"click": 100.0, "cart": 200.0, "purchase": 200.0}
+    assert buf.release(lambda t, p: polled[t]) == []
+    buf.add(ev("click", 40, 7), "k40", seen_ms=250.0)  # the next fetch brings it
+    polled = dict.fromkeys(TOPICS, 250.0)
+    assert [h for _, h in buf.release(lambda t, p: polled[t])] == ["k40", "c50"]
 
 
 def test_release_order_is_independent_of_arrival_order():
@@ -60,8 +77,8 @@ def test_release_order_is_independent_of_arrival_order():
                 if queues[t]:
                     e = queues[t].pop(0)
                     buf.add(e, e)
-            out += [e for e, _ in buf.release(lambda topic, p: not queues[topic])]
-        out += [e for e, _ in buf.release(lambda topic, p: True)]
+            out += [e for e, _ in buf.release(lambda topic, p: None if queues[topic] else 0.0)]
+        out += [e for e, _ in buf.release(always)]
         return out
 
     first = run(0)
