@@ -185,6 +185,7 @@ def rank_bucket(rank: Tensor) -> Tensor:
 
 
 RANK_BUCKETS = 32
+RING_COUNT_BUCKETS = 24  # half-octaves of the ring's event count (rings up to 4096)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +293,11 @@ class SeqModel(nn.Module):
         self.cat_copy = CopyHead(cfg, cfg.emb)
         self.action_head = nn.Linear(cfg.hidden, cfg.n_actions)
         self.churn_head = nn.Linear(cfg.hidden, 1)
+        # churn also reads the pace of the ring: how long its events took (the age of the oldest
+        # one) and how many there are. Additive tables, zero at the start (built from zeros, so
+        # they draw nothing from the RNG and leave every other initialisation as it was).
+        self.churn_span = nn.Embedding(cfg.n_gap_buckets, 1, _weight=torch.zeros(cfg.n_gap_buckets, 1))
+        self.churn_count = nn.Embedding(RING_COUNT_BUCKETS, 1, _weight=torch.zeros(RING_COUNT_BUCKETS, 1))
         # rows that may be predicted (set from the vocabularies at training time)
         valid_i = torch.ones(cfg.n_items, dtype=torch.bool)
         valid_c = torch.ones(cfg.n_categories, dtype=torch.bool)
@@ -400,14 +406,22 @@ class SeqModel(nn.Module):
         out = torch.where(in_ring, rep_part, exp_part).masked_fill(~valid, NEG_INF)
         return torch.log_softmax(out, -1) if tiered else out
 
+    def churn_logit(self, h: Tensor, recent: Recent) -> Tensor:
+        """P(no event within the horizon) logit [N] from h and the ring's pace."""
+        n = recent.mask.sum(-1)
+        oldest = (recent.mask.shape[-1] - n).clamp(max=recent.mask.shape[-1] - 1).unsqueeze(-1)
+        span = recent.age.gather(-1, oldest).squeeze(-1)  # rings are right-aligned
+        count = torch.floor(2.0 * torch.log2(n.float().clamp(min=1.0))).long()
+        return (self.churn_head(self.drop(h)).squeeze(-1) + self.churn_span(span).squeeze(-1)
+                + self.churn_count(count.clamp(max=RING_COUNT_BUCKETS - 1)).squeeze(-1))
+
     def predict(self, h: Tensor, recent: Recent) -> Prediction:
         la_i, g_i = self.copy_item(h, recent)
         la_c, g_c = self.copy_category(h, recent)
         tiered = self.cfg.fusion == "tiered"
         items = self.mixture(la_i, g_i, recent.items, self.item_explore_logits(h), self.item_valid, tiered)
         cats = self.mixture(la_c, g_c, recent.categories, self.cat_explore_logits(h), self.cat_valid, tiered)
-        return Prediction(items, cats, self.action_head(self.drop(h)),
-                          self.churn_head(self.drop(h)).squeeze(-1))
+        return Prediction(items, cats, self.action_head(self.drop(h)), self.churn_logit(h, recent))
 
 
     @torch.no_grad()
@@ -449,7 +463,7 @@ class SeqModel(nn.Module):
             rep, exp_part = rep - norm, exp_part - norm
         values, at = torch.cat([rep, exp_part], -1).topk(k, -1)
         indices = torch.cat([ring, top_i], -1).gather(1, at)
-        return values, indices, self.action_head(self.drop(h)), self.churn_head(self.drop(h)).squeeze(-1)
+        return values, indices, self.action_head(self.drop(h)), self.churn_logit(h, recent)
 
 
 # --------------------------------------------------------------------------------------------

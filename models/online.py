@@ -539,7 +539,7 @@ class OnlineLearner:
         if c.w_action > 0:
             total = total + c.w_action * F.cross_entropy(model.action_head(model.drop(h)), b.t_action)
         if c.w_churn > 0:
-            logit = model.churn_head(model.drop(h)).squeeze(-1)
+            logit = model.churn_logit(h, b.recent)
             total = total + c.w_churn * F.binary_cross_entropy_with_logits(logit, b.churn)
         return total
 

@@ -16,8 +16,9 @@ What makes it realistic (shaped after Taobao UserBehavior):
   purchases of items carted (or else viewed) earlier in the session; the overall mix is about
   92% click, 5.5% cart, 2.3% purchase (Taobao's 89% pv + 3% fav count as clicks here);
 - users revisit items they viewed before (repeat behaviour);
-- churners: a fraction of users stop for good at a random time well before the end; everybody
-  else stays active until the last days of the timeline;
+- churners: a fraction of users stop for good at a random time well before the end, and fade
+  out first (their sessions thin out towards their last one, as disengagement looks in real
+  logs); everybody else stays active until the last days of the timeline;
 - drift (optional): at `drift_at` of the timeline a set of brand-new items becomes trending and
   users' category interests shift.
 """
@@ -48,6 +49,7 @@ class GeneratorConfig:
     start_ts_ms: int = DEFAULT_START_TS_MS
     days: float = 30.0
     churn_fraction: float = 0.2
+    churn_fade: float = 2.5  # churners' sessions sit at lifetime * U**fade: 1 = no fade-out
     drift: bool = False
     drift_at: float = 0.6  # fraction of the timeline where drift starts
     drift_new_items: int = 0  # trending new items at drift; 0: 1% of items (at least 20)
@@ -79,6 +81,8 @@ class GeneratorConfig:
             raise ValueError(f"days must be positive, got {self.days}")
         if not 0 <= self.churn_fraction < 1:
             raise ValueError(f"churn_fraction must be in [0, 1), got {self.churn_fraction}")
+        if self.churn_fade < 1:
+            raise ValueError(f"churn_fade must be at least 1, got {self.churn_fade}")
         if not 0 < self.drift_at < 1:
             raise ValueError(f"drift_at must be in (0, 1), got {self.drift_at}")
         if self.cart_share + self.purchase_share >= 0.5:
@@ -189,14 +193,16 @@ def generate(cfg: GeneratorConfig) -> SyntheticLog:
         return np.minimum(slots, n_items - 1)
 
     # ---- users: activity, lifetime, churn ------------------------------------------------------
-    activity = rng.lognormal(0.0, cfg.activity_sigma, n_users)
-    per_user = 1 + rng.multinomial(n_events - n_users, activity / activity.sum())
+    activity = rng.lognormal(0.0, cfg.activity_sigma, n_users)  # events per unit of lifetime
     n_churn = int(round(cfg.churn_fraction * n_users))
     churner = np.zeros(n_users, bool)
     churner[rng.choice(n_users, n_churn, replace=False)] = True
     first = rng.uniform(0.0, 0.3, n_users)  # users arrive during the first 30% of the timeline
     # Churners stop for good between 30% and 75% of the timeline (well before the end).
     last = np.where(churner, rng.uniform(np.maximum(first + 0.1, 0.3), 0.75), 1.0)
+    # A user's event count is their rate times their lifetime: leaving early means fewer events.
+    weight = activity * (last - first)
+    per_user = 1 + rng.multinomial(n_events - n_users, weight / weight.sum())
     first_ms = (first * span_ms).astype(np.int64)
     last_ms = (last * span_ms).astype(np.int64)
 
@@ -211,7 +217,11 @@ def generate(cfg: GeneratorConfig) -> SyntheticLog:
     # Session starts: uniform over the user's lifetime (1h of margin before its end), sorted.
     lo = first_ms[sess_user]
     hi = np.maximum(lo + 1, last_ms[sess_user] - 3_600_000)
-    starts = lo + (rng.random(n_sessions) * (hi - lo)).astype(np.int64)
+    # Churners fade out: U**fade puts their sessions closer together early in their lifetime
+    # and further apart towards its end (at the end, 1/fade of the mean session rate).
+    u = rng.random(n_sessions)
+    u = np.where(churner[sess_user], u ** cfg.churn_fade, u)
+    starts = lo + (u * (hi - lo)).astype(np.int64)
     starts = starts[np.lexsort((starts, sess_user))]
     # A loyal user's last session falls in the final 7% of the timeline, so that "silent" means
     # churned in the ground truth.

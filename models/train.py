@@ -359,7 +359,7 @@ def chunk_loss(model: SeqModel, batch: Batch, s: int, e: int, h0: Tensor, cfg: T
         total = total + cfg.w_action * F.cross_entropy(model.action_head(model.drop(out[sela])), ta[sela])
     selh = batch.churn_mask[:, sl]
     if selh.any() and cfg.w_churn > 0:
-        logit = model.churn_head(model.drop(out[selh])).squeeze(-1)
+        logit = model.churn_logit(out[selh], flat_recent(recent, selh))
         total = total + cfg.w_churn * F.binary_cross_entropy_with_logits(logit, batch.churn[:, sl][selh])
     return total, h_end, item_nll, n_item
 

