@@ -7,6 +7,7 @@ For each pipeline (the faust worker, and a bare aiokafka loop doing the same wor
   time to the prediction's arrival at an independent consumer (p50/p99).
 
     python bench/bench_pipeline.py [--events 60000] [--rate 2000] [--seconds 20] [--repeat 3]
+                                   [--worker-args '--no-online']
 
 Uses SEQSTREAM_BROKER if set, else starts the embedded broker. A 10,000-item catalogue, top-20,
 H=64. Prints a markdown table; medians over --repeat runs.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -80,11 +82,13 @@ def produce(bootstrap: str, settings: Settings, n: int, rate: float | None, seed
     producer.close()
 
 
-def start_pipeline(kind: str, bootstrap: str, settings: Settings, model: Path, workdir: Path):
+def start_pipeline(kind: str, bootstrap: str, settings: Settings, model: Path, workdir: Path,
+                   worker_args: str = ""):
     if kind == "faust":
         cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", bootstrap, "--prefix",
                settings.prefix, "--app-id", settings.app_id, "--model", str(model),
-               "--data-dir", str(workdir / "state"), "--log-level", "warning"]
+               "--data-dir", str(workdir / "state"), "--log-level", "warning",
+               *shlex.split(worker_args)]
     else:
         cmd = [sys.executable, str(REPO / "bench" / "plain_loop.py"), "--broker", bootstrap,
                "--prefix", settings.prefix, "--model", str(model), "--data-dir", str(workdir / "plain")]
@@ -100,21 +104,28 @@ def stop_pipeline(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def collect(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[tuple[float, int]]:
-    """(arrival wall time, event ts) for each prediction, until `want` arrived or timeout."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None, fetch_max_bytes=16 * 2**20)
-    out: list[tuple[float, int]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
+class Collector:
+    """An independent consumer of the predictions topic, started before anything is offered so
+    that its own start-up (connect, metadata, first fetch) is not counted as latency."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                      enable_auto_commit=False, group_id=None,
+                                      fetch_max_bytes=16 * 2**20)
+
+    def take(self, want: int, timeout_s: float) -> list[tuple[float, int]]:
+        """(arrival wall time, event ts) for the next `want` predictions, or fewer at timeout."""
+        out: list[tuple[float, int]] = []
+        deadline = time.monotonic() + timeout_s
         while len(out) < want and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200, max_records=5000).values():
+            for records in self.consumer.poll(timeout_ms=100, max_records=5000).values():
                 now = time.time()
                 for r in records:
                     out.append((now, msgpack.unpackb(r.value, raw=False)["event"]["ts"]))
-    finally:
-        consumer.close()
-    return out
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def one_run(kind: str, bootstrap: str, model: Path, args: argparse.Namespace, seed: int) -> dict:
@@ -125,22 +136,27 @@ def one_run(kind: str, bootstrap: str, model: Path, args: argparse.Namespace, se
     try:
         # max rate: everything is waiting in the topics before the pipeline starts
         produce(bootstrap, settings, args.events, None, seed)
-        proc = start_pipeline(kind, bootstrap, settings, model, work)
-        got = collect(bootstrap, settings.predictions_topic, args.events, args.timeout)
-        arrivals = sorted(t for t, _ in got)
-        throughput = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9) if len(arrivals) > 1 else 0.0
-        # fixed rate: offered load with event time = send time
-        n_fixed = int(args.rate * args.seconds)
-        t = threading.Thread(target=produce, args=(bootstrap, settings, n_fixed, args.rate, seed + 1))
-        t.start()
-        fixed = collect(bootstrap, settings.predictions_topic, args.events + n_fixed,
-                        args.seconds + args.timeout)
-        t.join()
-        stop_pipeline(proc)
-        lat = np.array([1000 * arr - ts for arr, ts in fixed[len(got):]]) if len(fixed) > len(got) else np.array([np.nan])
+        collector = Collector(bootstrap, settings.predictions_topic)
+        proc = start_pipeline(kind, bootstrap, settings, model, work, args.worker_args)
+        try:
+            got = collector.take(args.events, args.timeout)
+            arrivals = sorted(t for t, _ in got)
+            throughput = ((len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9)
+                          if len(arrivals) > 1 else 0.0)
+            # fixed rate: offered load with event time = send time, measured by the same
+            # (already running) collector
+            n_fixed = int(args.rate * args.seconds)
+            t = threading.Thread(target=produce, args=(bootstrap, settings, n_fixed, args.rate, seed + 1))
+            t.start()
+            fixed = collector.take(n_fixed, args.seconds + args.timeout)
+            t.join()
+        finally:
+            collector.close()
+            stop_pipeline(proc)
+        lat = np.array([1000 * arr - ts for arr, ts in fixed]) if fixed else np.array([np.nan])
         return {"kind": kind, "throughput": throughput, "max_done": len(got),
                 "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                "fixed_done": len(fixed) - len(got), "fixed_sent": n_fixed}
+                "fixed_done": len(fixed), "fixed_sent": n_fixed}
     finally:
         delete_topics(bootstrap, settings)
 
@@ -154,6 +170,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--kinds", default="faust,plain")
+    p.add_argument("--worker-args", default="",
+                   help="extra `seqstream worker` arguments, e.g. '--no-online'")
     args = p.parse_args()
     bootstrap = os.environ.get("SEQSTREAM_BROKER")
     if not bootstrap:

@@ -45,7 +45,7 @@ class Prediction:
                       "ts": ev.ts, "item_id": ev.item_id, "action": ev.action},
             "model_version": self.model_version,
             "next_action": self.next_action,
-            "next_items": [[item, score] for item, score in self.next_items],
+            "next_items": self.next_items,  # (item, score) pairs pack as msgpack arrays
             "churn_risk": self.churn_risk,
             "late": self.late,
             "user_events": self.user_events,
@@ -245,20 +245,28 @@ class Scorer:
         h = self._hidden([st.hidden for st in wave_states])
         values, indices, action_logits, churn_logit = self.scoring.model.predict_top_items(
             h, self._recent(wave_states), self.k)
-        action_p = torch.softmax(action_logits, dim=-1).cpu().numpy()
+        # numpy -> Python lists once per wave: per-element float()/round() calls cost more
+        # than the model on small waves
+        action_p = np.round(torch.softmax(action_logits, dim=-1).cpu().numpy(), 6).tolist()
         churn = torch.sigmoid(churn_logit).cpu().numpy()
+        churn_l = np.round(churn, 6).tolist()
         raw = self.scoring.items.raw(indices.cpu().numpy().reshape(-1)).reshape(indices.shape)
         scores = values.cpu().numpy()
+        finite = np.isfinite(scores)
+        all_finite = finite.all(1).tolist()
+        raw_l, scores_l = raw.tolist(), np.round(scores, 6).tolist()
         version = self.scoring.version
         for row, pos in enumerate(positions):
             ev = events[pos]
-            wave_states[row].churn_risk = float(churn[row])
-            finite = np.isfinite(scores[row])
+            st = wave_states[row]
+            st.churn_risk = float(churn[row])
+            if all_finite[row]:
+                next_items = list(zip(raw_l[row], scores_l[row]))
+            else:  # fewer than k candidates (tiny catalogue): drop the -inf padding
+                next_items = [(i, v) for i, v, ok in zip(raw_l[row], scores_l[row], finite[row]) if ok]
             results[pos] = Prediction(
                 user_id=ev.user_id, event=ev, model_version=version,
-                next_action={a: round(float(action_p[row, k]), 6) for k, a in enumerate(ACTIONS)},
-                next_items=[(int(i), round(float(s), 6))
-                            for i, s, ok in zip(raw[row], scores[row], finite) if ok],
-                churn_risk=round(float(churn[row]), 6), late=inserts[row].late,
-                user_events=wave_states[row].n_events, churn_messages=tuple(churn_msgs[row]),
+                next_action=dict(zip(ACTIONS, action_p[row])),
+                next_items=next_items, churn_risk=churn_l[row], late=inserts[row].late,
+                user_events=st.n_events, churn_messages=tuple(churn_msgs[row]),
             )
