@@ -2,11 +2,13 @@
 
     python bench/bench_replay.py [--events 200000] [--users 20000] [--runs 3] [--format msgpack]
                                  [--partitions 4] [--bootstrap HOST:PORT] [--acks all|1]
+                                 [--producers N]
 
 Generates a synthetic log once (models.synthetic), writes it as jsonl/msgpack, then replays the
 file `--runs` times (each into fresh topics with a unique prefix, so runs do not share state)
 through the same path as `seqstream replay FILE --speed max`: file reader -> encode -> producer,
-checkpoints included. Prints events/s per run and the median. A figure, not a test: the target
+checkpoints included, with `--producers` producer processes (default as the CLI's: 2 on 2+ CPUs).
+Events/s count from the first lane's first send to the last lane's final flush. Prints events/s per run and the median. A figure, not a test: the target
 is >= 50,000 events/s on a laptop-class machine with the broker on the same host.
 """
 from __future__ import annotations
@@ -27,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 from models.datasets import write_jsonl, write_msgpack  # noqa: E402
 from models.schema import ACTIONS  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
-from stream.replay import ReplayOptions, Replayer, replay_file, resolve_bootstrap  # noqa: E402
+from stream.replay import (  # noqa: E402
+    ReplayOptions, Replayer, default_producers, replay_file, resolve_bootstrap,
+)
 
 
 def create_topics(bootstrap: str, prefix: str, partitions: int) -> list[str]:
@@ -66,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--acks", default=None, help="override the producer's acks (all|1|0)")
     p.add_argument("--linger-ms", type=int, default=None)
     p.add_argument("--batch-kib", type=int, default=None)
+    p.add_argument("--producers", type=int, default=default_producers(None, None),
+                   help="producer processes, as `seqstream replay --producers` "
+                        "(default: %(default)s here)")
     args = p.parse_args(argv)
+    if args.producers < 1:
+        p.error("--producers must be at least 1")
     command = "python bench/bench_replay.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
 
     bootstrap = resolve_bootstrap(args.bootstrap)
@@ -92,20 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             prefix = f"bench-{uuid.uuid4().hex[:8]}-"
             names = create_topics(bootstrap, prefix, args.partitions)
-            replayer = Replayer(bootstrap, prefix=prefix, producer_config=overrides)
             try:
                 opts = ReplayOptions(path, args.format, prefix=prefix, progress=False,
-                                     checkpoint=Path(tmp) / f"cp-{run}.json")
-                summary = replay_file(opts, replayer)
+                                     checkpoint=Path(tmp) / f"cp-{run}.json",
+                                     producers=args.producers)
+                # A factory: each producer process makes its own (see stream/replay_lanes.py).
+                summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=prefix,
+                                                             producer_config=overrides))
             finally:
-                replayer.close()
                 delete_topics(bootstrap, names)
             assert summary.total == len(log), summary.line()
             rates.append(summary.events_per_s)
             print(f"run {run + 1}: {summary.total} events in {summary.elapsed_s:.2f}s = "
                   f"{summary.events_per_s:,.0f} events/s")
     print(f"median {statistics.median(rates):,.0f} events/s over {args.runs} runs "
-          f"(cpus {os.cpu_count()}; producer overrides {overrides or 'none'})")
+          f"({args.producers} producer{'s' if args.producers > 1 else ''}; cpus {os.cpu_count()}; "
+          f"producer overrides {overrides or 'none'})")
     print(f"command: {command}")
     return 0
 

@@ -16,10 +16,19 @@ returned with no failed send, so everything before `position` is durably in Kafk
 after it has been counted. `--resume` skips exactly `position` events: no duplicates and
 nothing missed. Checkpoints are written every `--checkpoint-every` events, at the end, and on
 Ctrl-C (the first Ctrl-C stops cleanly after flushing; a second one aborts).
+
+Several producers (`--producers N`, `--speed max` only): N lanes, forked processes, each
+sending the events of the partitions p with p % N == k (stream/replay_lanes.py). Lanes advance
+at their own pace, so the checkpoint also keeps one position per lane (`lanes`): lane k's events
+before lanes[k] are settled, and `position` = min(lanes) stays a safe answer for a reader that
+knows nothing of lanes. A lanes checkpoint resumes each lane from its own position, with the
+checkpoint's lane count; one producer (a paced speed, --limit) resuming it skips exactly the
+settled events (`settled_in_lanes`). The same guarantee holds: no duplicates, nothing missed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -124,7 +133,12 @@ class Pacer:
 
 @dataclass
 class Checkpoint:
-    """Where a replay of `source` stands: the first `position` input events are settled."""
+    """Where a replay of `source` stands: the first `position` input events are settled.
+
+    With several producers, `lanes[k]` is lane k's position (its events before it are settled;
+    see stream/replay_lanes.py), `position` is min(lanes), and `partitions` is the partition
+    count that decided which lane owns an event (a lanes checkpoint is only valid with it).
+    """
 
     source: str
     fmt: str
@@ -133,6 +147,8 @@ class Checkpoint:
     complete: bool = False
     prefix: str = ""
     updated_at: str = ""
+    lanes: list[int] | None = None
+    partitions: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -155,6 +171,14 @@ def read_checkpoint(path: str | Path) -> Checkpoint | None:
         cp = Checkpoint(**{k: data[k] for k in Checkpoint.__dataclass_fields__ if k in data})
         if not isinstance(cp.position, int) or cp.position < 0:
             raise ValueError(f"bad position {cp.position!r}")
+        if cp.lanes is not None:
+            if (not isinstance(cp.lanes, list) or not cp.lanes
+                    or not all(isinstance(p, int) and p >= 0 for p in cp.lanes)):
+                raise ValueError(f"bad lanes {cp.lanes!r}")
+            if not isinstance(cp.partitions, int) or cp.partitions < 1:
+                raise ValueError(f"bad partitions {cp.partitions!r}")
+            if cp.position != min(cp.lanes):
+                raise ValueError(f"position {cp.position} is not min(lanes) {min(cp.lanes)}")
     except (ValueError, TypeError, KeyError) as exc:
         raise ReplayError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from None
     return cp
@@ -178,6 +202,29 @@ def skip_events(events: Iterable[LogEvent], n: int) -> Iterator[LogEvent]:
     if n:
         next(itertools.islice(it, n, n), None)
     return it
+
+
+def settled_in_lanes(lanes: list[int], lane_of: Callable[[LogEvent], int]) -> Callable[[int, LogEvent], bool]:
+    """For one producer resuming a lanes checkpoint: is event `i` settled already?
+
+    Event i of lane k (`lane_of(ev)`) is settled iff i < lanes[k]. A predicate for
+    `replay_events(skip=...)` rather than a filtering generator: replay_events counts positions
+    by the events it reads, so settled events must go through it (counted, not sent)."""
+    lanes = list(lanes)
+    top = max(lanes)
+
+    def settled(i: int, ev: LogEvent) -> bool:
+        return i < top and i < lanes[lane_of(ev)]
+
+    return settled
+
+
+def lanes_after(lanes: list[int] | None, position: int) -> list[int] | None:
+    """The lane positions once one producer has settled every event before `position`; None
+    once no lane is ahead of it (the plain `position` then says it all)."""
+    if lanes is None or max(lanes) <= position:
+        return None
+    return [max(p, position) for p in lanes]
 
 
 # --------------------------------------------------------------------------- producer
@@ -304,7 +351,23 @@ class Replayer:
         if self.first_error is None:
             self.first_error = exc
 
+    @property
+    def partitions(self) -> int:
+        """Partitions of each input topic (they are co-partitioned)."""
+        return self._n_partitions
+
+    def partition_of(self, user_id: int) -> int:
+        """The partition of `user_id`'s events (what `send` picks; cached per user)."""
+        part = self._partition_cache.get(user_id)
+        if part is None:
+            if len(self._partition_cache) > 1_000_000:
+                self._partition_cache.clear()
+            part = self._partition_cache[user_id] = _murmur2_partition(user_key(user_id),
+                                                                       self._n_partitions)
+        return part
+
     def send(self, ev: LogEvent) -> None:
+        # partition_of inlined: this runs once per event, and a call costs ~5% of a send.
         key = user_key(ev.user_id)
         part = self._partition_cache.get(ev.user_id)
         if part is None:
@@ -344,6 +407,7 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     interrupted: bool = False
     complete: bool = False  # the input was read to its end
+    producers: int = 1
 
     @property
     def total(self) -> int:
@@ -359,7 +423,8 @@ class ReplaySummary:
         return (f"{state}: sent {self.total} events ({per}) in {self.elapsed_s:.1f}s, "
                 f"{self.events_per_s:,.0f} events/s; filtered {self.filtered}, bad rows "
                 f"{self.bad_rows}, dropped {self.dropped}; position {self.position}"
-                + (f" (resumed from {self.resumed_from})" if self.resumed_from else ""))
+                + (f" (resumed from {self.resumed_from})" if self.resumed_from else "")
+                + (f"; {self.producers} producers" if self.producers > 1 else ""))
 
 
 class _StopFlag:
@@ -411,11 +476,19 @@ def replay_events(
     progress: bool = True,
     total: int | None = None,
     pacer: Pacer | None = None,
+    skip: Callable[[int, LogEvent], bool] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    stop_flag: Any = None,
 ) -> ReplaySummary:
     """Send `events` (already positioned: the first `position` are skipped by the caller).
 
     `on_checkpoint(position, complete)` is called after a successful flush, every
     `checkpoint_every` sent events, at the end and on Ctrl-C. `limit` caps events sent.
+    `skip(index, ev)` true: the event is settled without being sent (another lane's, or one a
+    previous run with lanes settled); it counts towards `position`, not as filtered.
+    `on_progress(n_sent, ts_ms)` gets the events sent since its last call, every 4096 and at
+    the end. `stop_flag`: an object whose `.stop` someone else sets (a lane's signal handler);
+    by default Ctrl-C sets it.
     """
     from tqdm import tqdm
 
@@ -436,7 +509,9 @@ def replay_events(
     # to get the GIL back. 1 ms: measured ~1.5x events/s on 2 cores (bench/bench_replay.py).
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(min(old_switch, 0.001))
-    with _StopFlag() as flag, _restore_switch(old_switch):
+    stopper = _StopFlag() if stop_flag is None else contextlib.nullcontext(stop_flag)
+    last_ts = 0
+    with stopper as flag, _restore_switch(old_switch):
         it = iter(events)
         try:
             while True:
@@ -446,6 +521,9 @@ def replay_events(
                 if ev is None:
                     complete = True
                     break
+                if skip is not None and skip(position, ev):
+                    position += 1
+                    continue
                 if (from_ts is not None or to_ts is not None) and not in_window(ev.ts_ms, from_ts, to_ts):
                     filtered += 1
                     position += 1
@@ -459,6 +537,9 @@ def replay_events(
                 if pending >= 4096:
                     bar.update(pending)
                     bar.set_postfix_str(iso(ev.ts_ms), refresh=False)
+                    if on_progress is not None:
+                        on_progress(pending, ev.ts_ms)
+                    last_ts = ev.ts_ms
                     pending = 0
                 if n_sent >= next_cp and on_checkpoint is not None:
                     replayer.flush()
@@ -478,6 +559,8 @@ def replay_events(
             raise
         bar.update(pending)
         bar.close()
+        if on_progress is not None and pending:
+            on_progress(pending, last_ts)
         # Flush what was sent; checkpoint only if every send succeeded (flush raises otherwise,
         # and the last good checkpoint stands).
         replayer.flush()
@@ -488,6 +571,9 @@ def replay_events(
     return ReplaySummary(sent=sent, filtered=filtered, resumed_from=start_pos,
                          position=position, elapsed_s=elapsed, interrupted=flag.stop,
                          complete=complete)
+
+
+ReplayerFactory = Callable[[], Replayer]
 
 
 @dataclass
@@ -504,12 +590,39 @@ class ReplayOptions:
     checkpoint: Path | None = None  # default: FILE.replay-checkpoint.json
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     progress: bool = True
+    producers: int = 1  # lanes, for --speed max without --limit (stream/replay_lanes.py)
+    # Tests only: lane k stops after sending stop_lanes_after[k] events, as if interrupted.
+    stop_lanes_after: tuple[int | None, ...] | None = None
 
 
-def replay_file(opts: ReplayOptions, replayer: Replayer) -> ReplaySummary:
-    """Replay one log file with checkpoints; see the module docstring for the guarantees."""
-    from models.datasets import BadRow, ErrorReport, read_events
+def lanes_apply(speed: float | None, limit: int | None) -> bool:
+    """Several producers only at --speed max without --limit: pacing and a global limit need
+    one process that sees every event in file order."""
+    return speed is None and limit is None
 
+
+def default_producers(speed: float | None, limit: int | None, cpus: int | None = None) -> int:
+    """--producers when not given: 2 where several apply and there are 2+ CPUs, else 1."""
+    cpus = os.cpu_count() if cpus is None else cpus
+    return 2 if lanes_apply(speed, limit) and (cpus or 1) >= 2 else 1
+
+
+def check_lane_partitions(cp_path: Path, n_lanes: int, expected: int | None, actual: int) -> None:
+    """Lane positions are only valid for the partition count that assigned events to lanes."""
+    if expected != actual:
+        raise ReplayError(f"checkpoint {cp_path} was written by {n_lanes} producers over "
+                          f"{expected} partitions, but the topics have {actual}; "
+                          f"delete it to start over")
+
+
+def replay_file(opts: ReplayOptions, replayer: Replayer | ReplayerFactory) -> ReplaySummary:
+    """Replay one log file with checkpoints; see the module docstring for the guarantees.
+
+    `replayer`: a Replayer, owned by the caller (the replay then uses that one producer), or a
+    factory that makes one. Several producers (`opts.producers` > 1, or a lanes checkpoint
+    resumed at --speed max) need the factory: each lane makes its own after the fork, since a
+    live producer (a thread, sockets) must not be forked.
+    """
     if opts.fmt not in FORMATS:
         raise ReplayError(f"unknown format {opts.fmt!r}; expected one of {', '.join(FORMATS)}")
     if not opts.path.is_file():
@@ -518,6 +631,7 @@ def replay_file(opts: ReplayOptions, replayer: Replayer) -> ReplaySummary:
     source = str(opts.path.resolve())
     previous = read_checkpoint(cp_path)
     position, sent_before = 0, 0
+    lanes: list[int] | None = None  # per-lane positions to resume from
     if opts.resume and previous is not None:
         if previous.fmt != opts.fmt or previous.source != source:
             raise ReplayError(f"checkpoint {cp_path} is for {previous.source} ({previous.fmt}), "
@@ -529,19 +643,64 @@ def replay_file(opts: ReplayOptions, replayer: Replayer) -> ReplaySummary:
         if previous.complete:
             log.info("checkpoint %s says the replay is complete; nothing to send", cp_path)
         else:
-            log.info("resuming %s at event %d", opts.path, position)
+            lanes = previous.lanes
+            log.info("resuming %s at event %d%s", opts.path, position,
+                     f" (lanes at {lanes})" if lanes else "")
     elif opts.resume:
         log.info("no checkpoint at %s: starting from the beginning", cp_path)
     elif previous is not None:
         log.warning("starting over; %s (position %d) will be overwritten", cp_path, previous.position)
+
+    factory = None if isinstance(replayer, Replayer) else replayer
+    n = 1
+    if factory is not None and lanes_apply(opts.speed, opts.limit):
+        n = opts.producers
+        if lanes is not None and len(lanes) != n:
+            # A partition's lane is partition % N: only the checkpoint's N keeps positions valid.
+            log.info("checkpoint %s has %d lanes: resuming with that many producers, not %d",
+                     cp_path, len(lanes), n)
+            n = len(lanes)
+    if n > 1:
+        from stream.replay_lanes import replay_lanes
+
+        assert factory is not None
+        return replay_lanes(opts, factory, lanes or [position] * n, cp_path=cp_path,
+                            source=source, sent_before=sent_before,
+                            partitions=previous.partitions if lanes and previous else None)
+
+    own = factory is not None  # we make the producer, so we close it
+    rep = factory() if factory is not None else replayer
+    assert isinstance(rep, Replayer)
+    try:
+        skip = None
+        if lanes is not None:
+            assert previous is not None
+            check_lane_partitions(cp_path, len(lanes), previous.partitions, rep.partitions)
+            n_lanes, part = len(lanes), rep.partition_of
+            skip = settled_in_lanes(lanes, lambda ev: part(ev.user_id) % n_lanes)
+        summary = _replay_one(opts, rep, cp_path, source, position, sent_before, lanes, skip)
+    finally:
+        if own:
+            rep.close()
+    return summary
+
+
+def _replay_one(opts: ReplayOptions, replayer: Replayer, cp_path: Path, source: str,
+                position: int, sent_before: int, lanes: list[int] | None,
+                skip: Callable[[int, LogEvent], bool] | None) -> ReplaySummary:
+    """The single-producer replay from `position` (see replay_file)."""
+    from models.datasets import BadRow, ErrorReport, read_events
 
     errors = ErrorReport()
     already_sent = dict(replayer.sent)
 
     def on_checkpoint(pos: int, complete: bool) -> None:
         sent_now = sum(replayer.sent.values()) - sum(already_sent.values())
+        # Resumed from lanes: lanes still ahead of `pos` keep their own (larger) positions.
+        now_lanes = lanes_after(lanes, pos)
         write_checkpoint(cp_path, Checkpoint(source, opts.fmt, pos, sent_before + sent_now,
-                                             complete, opts.prefix))
+                                             complete, opts.prefix, lanes=now_lanes,
+                                             partitions=replayer.partitions if now_lanes else None))
 
     events = skip_events(read_events(opts.path, opts.fmt, on_error=opts.on_error, errors=errors),
                          position)
@@ -549,7 +708,8 @@ def replay_file(opts: ReplayOptions, replayer: Replayer) -> ReplaySummary:
         summary = replay_events(events, replayer, speed=opts.speed, from_ts=opts.from_ts,
                                 to_ts=opts.to_ts, limit=opts.limit, position=position,
                                 on_checkpoint=on_checkpoint,
-                                checkpoint_every=opts.checkpoint_every, progress=opts.progress)
+                                checkpoint_every=opts.checkpoint_every, progress=opts.progress,
+                                skip=skip)
     except BadRow as exc:  # --on-error stop: the checkpoint was written up to the bad row
         raise ReplayError(f"bad row, stopping: {exc}") from None
     summary.bad_rows = errors.count
@@ -624,6 +784,11 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
                    help="bad rows: count and skip them (default), or stop at the first")
     p.add_argument("--limit", type=_positive_int, default=None, help="send at most N events")
+    p.add_argument("--producers", type=_positive_int, default=None, metavar="N",
+                   help="producer processes at --speed max (default: 2 with --speed max on 2+ "
+                        "CPUs, else 1); producer k sends the partitions p with p %% N == k, so "
+                        "each user's order is kept. A paced --speed or --limit uses one producer; "
+                        "--resume from a checkpoint written by several uses their number")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_kafka_arguments(p)
     p.set_defaults(func=run_replay_command)
@@ -633,18 +798,25 @@ def run_replay_command(args: argparse.Namespace) -> int:
     if args.from_ts is not None and args.to_ts is not None and args.from_ts >= args.to_ts:
         print("seqstream replay: --from must be before --to", file=sys.stderr)
         return 2
+    producers = args.producers
+    if producers is None:
+        producers = default_producers(args.speed, args.limit)
+    elif producers > 1 and not lanes_apply(args.speed, args.limit):
+        print(f"seqstream replay: note: --producers {producers} applies to --speed max without "
+              f"--limit; using one producer", file=sys.stderr)
+        producers = 1
     opts = ReplayOptions(path=args.file, fmt=args.fmt, speed=args.speed, prefix=args.prefix,
                          from_ts=args.from_ts, to_ts=args.to_ts, resume=args.resume,
                          on_error=args.on_error, limit=args.limit, checkpoint=args.checkpoint,
-                         checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                         checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                         producers=producers)
     try:
         if not opts.path.is_file():
             raise ReplayError(f"no such file: {opts.path}")
-        replayer = Replayer(resolve_bootstrap(args.bootstrap), prefix=opts.prefix)
-        try:
-            summary = replay_file(opts, replayer)
-        finally:
-            replayer.close()
+        bootstrap = resolve_bootstrap(args.bootstrap)
+        # A factory, not a producer: with several producers each lane makes its own after the
+        # fork; with one, replay_file makes it and closes it.
+        summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=opts.prefix))
     except ReplayError as exc:
         print(f"seqstream replay: {exc}", file=sys.stderr)
         return 1
