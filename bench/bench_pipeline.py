@@ -7,7 +7,7 @@ For each pipeline (the faust worker, and a bare aiokafka loop doing the same wor
   time to the prediction's arrival at an independent consumer (p50/p99).
 
     python bench/bench_pipeline.py [--events 60000] [--rate 2000] [--seconds 20] [--repeat 3]
-                                   [--worker-args '--no-online']
+                                   [--worker-args=--no-online]
 
 Uses SEQSTREAM_BROKER if set, else starts the embedded broker. A 10,000-item catalogue, top-20,
 H=64. Prints a markdown table; medians over --repeat runs.
@@ -171,7 +171,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--kinds", default="faust,plain")
     p.add_argument("--worker-args", default="",
-                   help="extra `seqstream worker` arguments, e.g. '--no-online'")
+                   help="extra `seqstream worker` arguments, e.g. --worker-args=--no-online")
     args = p.parse_args()
     bootstrap = os.environ.get("SEQSTREAM_BROKER")
     if not bootstrap:
