@@ -31,8 +31,9 @@ Stopping. Lanes ignore SIGINT: Ctrl-C reaches the whole process group, and a lan
 cleanly, not abort on the second copy. The parent turns its first SIGINT (from the group or to
 it alone) into one SIGUSR1 per lane, on which a lane stops as one producer does on Ctrl-C: flush,
 final checkpoint, summary. A second Ctrl-C terminates the lanes (the last checkpoint stands).
-A lane that fails (a failed send, no broker, missing topics) or dies makes the parent terminate
-the others and raise one ReplayError line. With --on-error stop every lane stops at the same bad
+A lane that fails (a failed send, no broker, missing topics) or dies makes the parent stop the
+others as on Ctrl-C (terminating any that have not stopped within WIND_DOWN_S) and raise one
+ReplayError line. With --on-error stop every lane stops at the same bad
 row (they all read every row), so the checkpoint ends just before it, as with one producer.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ from stream.replay import (
 log = logging.getLogger("seqstream.replay")
 
 STOP_SIGNAL = signal.SIGUSR1  # parent -> lane: stop cleanly
+WIND_DOWN_S = 15.0  # after one lane failed, how long the others get to flush and checkpoint
 
 
 class _LaneStop:
@@ -332,25 +334,37 @@ def replay_lanes(opts: ReplayOptions, make_replayer: ReplayerFactory, starts: li
     sentinels = {p.sentinel: k for k, p in enumerate(procs)}
     state.bar = tqdm(total=None, unit="ev", unit_scale=True, file=sys.stderr,
                      disable=not opts.progress, dynamic_ncols=True, smoothing=0.1, mininterval=0.5)
+    def serve(timeout: float) -> None:
+        """Handle the lanes' messages and exits for up to `timeout` seconds."""
+        ready = wait([*conns, *sentinels], timeout=timeout)
+        for obj in ready:
+            if obj in conns and not state.drain(obj):  # type: ignore[arg-type]
+                del conns[obj]  # type: ignore[arg-type]
+        for obj in ready:
+            if obj not in sentinels:
+                continue
+            k = sentinels.pop(obj)  # type: ignore[arg-type]
+            exited.add(k)  # before join reaps it, so a Ctrl-C never signals a reused pid
+            procs[k].join()
+            reader = pipes[k][0]
+            if reader in conns:  # what it wrote before exiting is still in the pipe
+                state.drain(reader)
+                del conns[reader]
+            if not state.ended(k):
+                state.fail(f"producer lane {k} died ({_describe_exit(procs[k].exitcode)}); "
+                           f"the last checkpoint stands")
+
     try:
         while sentinels and state.failure is None:
-            ready = wait([*conns, *sentinels], timeout=1.0)
-            for obj in ready:
-                if obj in conns and not state.drain(obj):  # type: ignore[arg-type]
-                    del conns[obj]  # type: ignore[arg-type]
-            for obj in ready:
-                if obj not in sentinels:
-                    continue
-                k = sentinels.pop(obj)  # type: ignore[arg-type]
-                exited.add(k)  # before join reaps it, so a Ctrl-C never signals a reused pid
-                procs[k].join()
-                reader = pipes[k][0]
-                if reader in conns:  # what it wrote before exiting is still in the pipe
-                    state.drain(reader)
-                    del conns[reader]
-                if not state.ended(k):
-                    state.fail(f"producer lane {k} died ({_describe_exit(procs[k].exitcode)}); "
-                               f"the last checkpoint stands")
+            serve(1.0)
+        if state.failure is not None and sentinels:
+            # One lane failed: the others stop as on Ctrl-C (flush, final checkpoint), so a
+            # resume repeats only the failed lane's unconfirmed sends. Bounded: a lane that
+            # cannot flush (broker gone) is terminated below.
+            interrupt(signal.SIGINT, None)
+            deadline = time.monotonic() + WIND_DOWN_S
+            while sentinels and time.monotonic() < deadline:
+                serve(min(1.0, max(0.0, deadline - time.monotonic())))
     finally:
         state.bar.close()
         if in_main:
