@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import msgpack
 import numpy as np
@@ -104,6 +105,30 @@ def stop_pipeline(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """Local Kafka broker JVMs (the embedded one, or a dev broker on this machine)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"kafka.Kafka" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
 class Collector:
     """An independent consumer of the predictions topic, started before anything is offered so
     that its own start-up (connect, metadata, first fetch) is not counted as latency."""
@@ -113,13 +138,17 @@ class Collector:
                                       enable_auto_commit=False, group_id=None,
                                       fetch_max_bytes=16 * 2**20)
 
-    def take(self, want: int, timeout_s: float) -> list[tuple[float, int]]:
-        """(arrival wall time, event ts) for the next `want` predictions, or fewer at timeout."""
+    def take(self, want: int, timeout_s: float,
+             on_first: Callable[[], None] | None = None) -> list[tuple[float, int]]:
+        """(arrival wall time, event ts) for the next `want` predictions, or fewer at timeout.
+        `on_first` is called when the first of them arrives."""
         out: list[tuple[float, int]] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < want and time.monotonic() < deadline:
             for records in self.consumer.poll(timeout_ms=100, max_records=5000).values():
                 now = time.time()
+                if not out and on_first is not None:
+                    on_first()
                 for r in records:
                     out.append((now, msgpack.unpackb(r.value, raw=False)["event"]["ts"]))
         return out
@@ -139,7 +168,13 @@ def one_run(kind: str, bootstrap: str, model: Path, args: argparse.Namespace, se
         collector = Collector(bootstrap, settings.predictions_topic)
         proc = start_pipeline(kind, bootstrap, settings, model, work, args.worker_args)
         try:
-            got = collector.take(args.events, args.timeout)
+            # CPU per event while draining the backlog: robust to other load on the machine,
+            # and it says what 2 cores can sustain at best
+            brokers = broker_pids()
+            cpu0: list[float] = []
+            got = collector.take(args.events, args.timeout, on_first=lambda: cpu0.extend(
+                (cpu_seconds([proc.pid]), cpu_seconds(brokers))))
+            cpu1 = (cpu_seconds([proc.pid]), cpu_seconds(brokers))
             arrivals = sorted(t for t, _ in got)
             throughput = ((len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9)
                           if len(arrivals) > 1 else 0.0)
@@ -154,7 +189,10 @@ def one_run(kind: str, bootstrap: str, model: Path, args: argparse.Namespace, se
             collector.close()
             stop_pipeline(proc)
         lat = np.array([1000 * arr - ts for arr, ts in fixed]) if fixed else np.array([np.nan])
+        per_event = 1000.0 / max(len(got) - 1, 1)
         return {"kind": kind, "throughput": throughput, "max_done": len(got),
+                "cpu_ms": (cpu1[0] - cpu0[0]) * per_event if cpu0 else float("nan"),
+                "broker_cpu_ms": (cpu1[1] - cpu0[1]) * per_event if cpu0 else float("nan"),
                 "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                 "fixed_done": len(fixed), "fixed_sent": n_fixed}
     finally:
@@ -194,10 +232,14 @@ def main() -> None:
     print("|---|---|---|---|---|")
     med = {}
     for kind, runs in results.items():
-        med[kind] = {k: statistics.median(r[k] for r in runs) for k in ("throughput", "p50", "p99")}
+        med[kind] = {k: statistics.median(r[k] for r in runs)
+                     for k in ("throughput", "p50", "p99", "cpu_ms", "broker_cpu_ms")}
         done = f"{min(r['fixed_done'] for r in runs)}/{runs[0]['fixed_sent']}"
         print(f"| {kind} | {med[kind]['throughput']:.0f} | {med[kind]['p50']:.0f} | "
               f"{med[kind]['p99']:.0f} | {done} |")
+    print("\nCPU per event at max rate (ms of one core; pipeline process, all threads / broker):")
+    for kind in med:
+        print(f"- {kind}: {med[kind]['cpu_ms']:.3f} / {med[kind]['broker_cpu_ms']:.3f}")
     if "faust" in med and "plain" in med:
         print(f"\nfaust / plain-loop throughput ratio: "
               f"{med['faust']['throughput'] / max(med['plain']['throughput'], 1e-9):.2f}")
