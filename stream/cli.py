@@ -27,7 +27,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     keys = ("prefix", "broker", "app_id", "data_dir", "model", "device", "batch_max",
             "batch_wait_ms", "top_k", "ring", "processing_guarantee", "web_port", "log_level",
-            "allowed_lateness_ms", "churn_inactivity_ms", "churn_risk_threshold", "churn_sweep_s",
+            "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms", "churn_risk_threshold", "churn_sweep_s",
             "online")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     import os
@@ -79,6 +79,9 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--web-port", type=int, default=None, help="faust web/metrics port (0: off)")
     p.add_argument("--allowed-lateness-ms", type=int, default=None,
                    help="the event-time clock trails the newest event by this (default 60000)")
+    p.add_argument("--order-grace-ms", type=int, default=None,
+                   help="hold events until a fetch this much newer shows the other input topics "
+                        "caught up (default 0; a few hundred ms for byte-identical replays)")
     p.add_argument("--churn-inactivity-ms", type=int, default=None,
                    help="alert after this much event-time inactivity (default 2 days)")
     p.add_argument("--churn-risk-threshold", type=float, default=None,

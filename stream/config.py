@@ -28,6 +28,9 @@ class Settings:
     ring: int = 0  # L: events kept per user; 0 = the length the model was trained with
     max_value_bytes: int = 64 * 1024
     allowed_lateness_ms: int = 60_000  # the event-time clock trails the newest event by this
+    # reorder buffer: also wait for a fetch this much newer than the event's before treating the
+    # other input topics as caught up (covers a producer's still-in-flight records; replays)
+    order_grace_ms: int = 0
     churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
     churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
@@ -91,6 +94,8 @@ class Settings:
                               f"got {self.processing_guarantee!r}")
         if not 0.0 <= self.churn_risk_threshold <= 1.0:
             raise ConfigError(f"churn risk threshold must be in 0..1, got {self.churn_risk_threshold}")
+        if self.order_grace_ms < 0:
+            raise ConfigError(f"order grace must not be negative, got {self.order_grace_ms}")
         if self.churn_inactivity_ms < 1 or self.allowed_lateness_ms < 0:
             raise ConfigError("churn inactivity must be positive and allowed lateness not negative")
         if self.model and not Path(self.model).is_file():

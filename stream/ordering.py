@@ -19,6 +19,12 @@ the fetch time it was seen at, and t-p only counts as caught up for it when t-p'
 from a fetch at least that recent (one fetch response stamps all its partitions alike, so in a
 live stream this costs nothing).
 
+That is exact for what Kafka holds. A producer can still have records in flight, though: at
+max speed a full `click` batch may be appended before a lingering `cart` batch holding an
+earlier event. `grace_ms` makes "caught up" count only from a fetch at least that much newer
+than the event's, which covers such stragglers (replays, backfills) at the cost of that much
+latency; live serving keeps 0.
+
 Ties are broken by (topic rank, offset), so the order is total and deterministic. The buffer is
 bounded: beyond `max_events` the oldest events are released anyway (counted as forced).
 """
@@ -42,6 +48,7 @@ CaughtUp = Callable[[str, int], "float | None"]
 class ReorderBuffer(Generic[H]):
     topics: list[str]  # the input topics, in tie-break order
     max_events: int = 100_000
+    grace_ms: float = 0.0  # see the module docstring
     frontier: dict[tuple[str, int], int] = field(default_factory=dict)
     heaps: dict[int, list[tuple[int, int, int, int, float, Event, Any]]] = field(default_factory=dict)
     size: int = 0
@@ -65,7 +72,8 @@ class ReorderBuffer(Generic[H]):
             since = caught_up(t, partition)
             bounds.append((self.frontier.get((t, partition), -math.inf),
                            -math.inf if since is None else since))
-        return lambda ts, seen_ms: all(front >= ts or since >= seen_ms for front, since in bounds)
+        grace = self.grace_ms
+        return lambda ts, seen_ms: all(front >= ts or since >= seen_ms + grace for front, since in bounds)
 
     def release(self, caught_up: CaughtUp) -> list[tuple[Event, H]]:
         """Events that can no longer be preceded by anything, oldest first per partition."""

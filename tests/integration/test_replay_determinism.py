@@ -20,6 +20,9 @@ DAY_MS = 24 * 3600 * 1000
 INACTIVITY_MS = 3 * DAY_MS
 CHURN_FLAGS = ("--churn-inactivity-ms", str(INACTIVITY_MS), "--churn-risk-threshold", "0",
                "--churn-sweep-s", "0.5", "--allowed-lateness-ms", "0")
+# A max-speed replay's producer can append a full click batch before a lingering cart batch
+# that holds an earlier event; the grace covers such stragglers even on a loaded machine.
+ORDER_FLAGS = ("--order-grace-ms", "1000")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,8 @@ def run_deployment(bootstrap: str, log, model: Path, tmp: Path, *, workers: int,
     tag = uuid.uuid4().hex[:8]
     settings = Settings(prefix=f"d{tag}.", app_id=f"det-{tag}", broker=bootstrap)
     create_topics(bootstrap, settings, partitions=4)
-    procs = [WorkerProcess(settings, model, tmp / f"{tag}-{i}", tmp / f"{tag}-{i}.log", *CHURN_FLAGS)
+    procs = [WorkerProcess(settings, model, tmp / f"{tag}-{i}", tmp / f"{tag}-{i}.log", *CHURN_FLAGS,
+                           *ORDER_FLAGS)
              for i in range(workers)]
     try:
         for p in procs:

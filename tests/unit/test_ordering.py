@@ -56,6 +56,18 @@ def test_caught_up_only_counts_when_it_is_newer_than_the_event():
     assert [h for _, h in buf.release(lambda t, p: polled[t])] == ["k40", "c50"]
 
 
+def test_grace_waits_for_a_fetch_that_much_newer():
+    # a producer may still hold an older cart record when click's newer ones are fetched: with
+    # a grace, "caught up" only counts from a fetch at least grace_ms after the event was seen
+    buf: ReorderBuffer = ReorderBuffer(TOPICS, grace_ms=100.0)
+    buf.add(ev("click", 50, 0), "k50", seen_ms=200.0)
+    assert buf.release(lambda t, p: 250.0) == []  # drained as of 250 < 200 + 100
+    buf.add(ev("cart", 45, 3), "c45", seen_ms=260.0)  # the straggler arrives
+    assert buf.release(lambda t, p: 310.0) == []  # k50 could go, but c45 needs a fetch >= 360
+    assert [h for _, h in buf.release(lambda t, p: 360.0)] == ["c45", "k50"]
+    assert ReorderBuffer(TOPICS).release(lambda t, p: 0.0) == []
+
+
 def test_release_order_is_independent_of_arrival_order():
     rng = random.Random(1)
     events = []
