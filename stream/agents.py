@@ -129,6 +129,8 @@ class ScoringPipeline:
         self._pending_model: ScoringModel | None = None
         self._in_flight: dict[int, list] = {}  # user -> [state, batches holding it]
         self._tail: asyncio.Task | None = None  # completion of the newest submitted batch
+        self._tail_scored: asyncio.Future | None = None  # ...and its scoring
+        self._older: asyncio.Task | None = None  # completion of the batch before it
         # torch releases the GIL, but the model must see one batch at a time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
@@ -263,7 +265,9 @@ class ScoringPipeline:
         return state.timestamp if time.monotonic() - since >= 1.0 else None
 
     async def release_ready(self) -> None:
-        """Score what the reorder buffer can release now (also called from a timer)."""
+        """Score what the reorder buffer can release now (from a timer, for a quiet stream)."""
+        if self._tail is not None and not self._tail.done():
+            return  # busy: the next batch releases them, together with its own events
         async with self.state_lock:
             await self._score_released(time.perf_counter())
 
@@ -302,14 +306,17 @@ class ScoringPipeline:
         for ev in events:
             self.clock.observe(ev.partition, ev.ts)
         self._hold(states)
-        scored = asyncio.get_running_loop().run_in_executor(self.executor, self.score_job, states, events)
         previous = self._tail
+        if self._tail_scored is not None:
+            # one batch at a time on the scoring thread, so the next one gathers events meanwhile
+            # (big batches are cheaper per event); its completion runs on the loop alongside
+            await asyncio.wait([self._tail_scored])
+        if self._older is not None:  # at most two batches scored but not yet stored and sent
+            await asyncio.shield(self._older)
+        scored = asyncio.get_running_loop().run_in_executor(self.executor, self.score_job, states, events)
+        self._older, self._tail_scored = previous, scored
         self._tail = asyncio.ensure_future(
             self._complete(previous, scored, valid, last_event, list(states), started))
-        if previous is not None:
-            # at most one batch completing behind the one being scored: bounded memory, and
-            # the agent slows down with the scorer
-            await asyncio.shield(previous)
 
     async def _complete(self, previous: asyncio.Task | None, scored: asyncio.Future,
                         valid: list[tuple[Event, Any]], last_event: dict[int, Any],
