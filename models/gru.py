@@ -9,7 +9,8 @@ After each event `predict` gives, for the user's NEXT event:
 - item scores over the whole vocabulary: a RepeatNet-style mixture
       p(v) = g * p_repeat(v) + (1 - g) * p_explore(v)
   where p_repeat scores the DISTINCT ids of the user's recent ring of events by generic features
-  (recency rank, age, last action, count, carted/bought, same category as the newest event),
+  (recency rank, age, last action, count, time- and event-decayed counts of the id and of its
+  category, carted/bought, same category as the newest event),
   starting exactly as the "repeat" baseline's most-recent-first order; p_explore is
   a softmax over the catalogue through the SHARED item embedding table, restricted to items not in
   the ring, and g is a learned gate. On Taobao-like logs most next items are revisits, so the
@@ -63,6 +64,10 @@ class ModelConfig:
     # (order within each tier kept, still a distribution), like the repeat baseline; elsewhere,
     # and with "mixture" everywhere, the plain g*p_repeat + (1-g)*p_explore
     fusion: str = "tiered"
+    # copy scores also read time- and position-decayed occurrence counts of each ring id (learned
+    # weights, zero at the start): "how much, and how lately, did the user dwell on it" is the
+    # strongest revisit signal, and the clipped count table cannot weigh old against new visits
+    copy_decay: bool = True
     dropout: float = 0.25
     n_actions: int = len(ACTIONS)
 
@@ -125,12 +130,15 @@ def recent_windows(items: Tensor, cats: Tensor, actions: Tensor, ts: Tensor, mas
     return Recent(z(items), z(cats), z(actions), age, m)
 
 
-def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int) -> dict[str, Tensor]:
+def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int,
+                  weights: Tensor | None = None) -> dict[str, Tensor]:
     """Parameter-free features of each ring position [..., L] about its id within the ring.
 
     count: occurrences of the id in the ring; rank: how many distinct ids occurred more recently
     (0 = the newest id, like the "repeat" baseline's order); latest: this is the id's newest
-    occurrence; carted/bought: the id was carted / purchased somewhere in the ring.
+    occurrence; carted/bought: the id was carted / purchased somewhere in the ring. With
+    `weights` [..., L, K] (per-event weights, e.g. decay kernels): "wsum" [..., L, K], their sum
+    over the id's occurrences in the ring.
 
     O(L log L) per ring (one sort, then segment reductions), not O(L^2): rings of a few hundred
     events stay cheap."""
@@ -143,7 +151,10 @@ def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int) ->
     dev = ids.device
     if n == 0 or L == 0:
         z = torch.zeros_like(ids)
-        return {"count": z, "rank": z, "latest": z, "carted": z, "bought": z}
+        out = {"count": z, "rank": z, "latest": z, "carted": z, "bought": z}
+        if weights is not None:
+            out["wsum"] = torch.zeros_like(weights)
+        return out
     key = torch.where(m2, ids2, torch.full_like(ids2, -1))  # padding: its own group
     sv, perm = torch.sort(key, dim=-1, stable=True)
     new = torch.ones_like(sv, dtype=torch.bool)
@@ -173,7 +184,13 @@ def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int) ->
         "carted": (cart.bool() & m2).long(),
         "bought": (buy.bool() & m2).long(),
     }
-    return {k: v.reshape(shape) for k, v in out.items()}
+    out = {k: v.reshape(shape) for k, v in out.items()}
+    if weights is not None:
+        K = weights.shape[-1]
+        w = (weights.reshape(n, L, K) * m2.unsqueeze(-1)).reshape(n * L, K)
+        ws = torch.zeros_like(w).index_add_(0, fl, w)[fl].view(n, L, K)
+        out["wsum"] = (ws * m2.unsqueeze(-1)).reshape(*shape, K)
+    return out
 
 
 def rank_bucket(rank: Tensor) -> Tensor:
@@ -185,6 +202,24 @@ def rank_bucket(rank: Tensor) -> Tensor:
 
 
 RANK_BUCKETS = 32
+# decay kernels of the copy path's decayed counts: half-lives in events and in seconds
+DECAY_EVENTS = (4.0, 16.0, 64.0)
+DECAY_SECONDS = (3600.0, 86400.0)
+N_DECAY = len(DECAY_EVENTS) + len(DECAY_SECONDS) + 1  # + no decay: the unclipped count
+
+
+def decay_weights(age: Tensor, mask: Tensor) -> Tensor:
+    """Per-event decay kernels [..., L, N_DECAY] of a right-aligned ring: 2^(-d/hl) for the
+    distance d (in events) from the newest event, 2^(-s/hl) for its age s in seconds (the middle
+    of its age bucket, which is all the ring keeps), and 1 (summed: the unclipped count)."""
+    L = mask.shape[-1]
+    d = (L - 1 - torch.arange(L, device=mask.device, dtype=torch.float32)).expand(mask.shape)
+    sec = torch.pow(2.0, (age.float() - 1.5) / 2.0) - 1.0  # inverse of gap_bucket, mid-bucket
+    ks = [torch.pow(2.0, -d / hl) for hl in DECAY_EVENTS] + [torch.pow(2.0, -sec / hl) for hl in DECAY_SECONDS]
+    ks.append(torch.ones_like(d))
+    return torch.stack(ks, -1) * mask.unsqueeze(-1)
+
+
 RING_COUNT_BUCKETS = 24  # half-octaves of the ring's event count (rings up to 4096)
 
 
@@ -200,8 +235,12 @@ class CopyHead(nn.Module):
                    + tables of generic features          most-recent-first order, exactly)
                      (rank bucket, count, age since its last occurrence, last action,
                       carted/bought, same id / same group as the newest event, group count)
+                   + u . log(1 + decayed counts)         (copy_decay: occurrences of the id, and
+                   + u_g . log(1 + group decayed counts)  of its group, summed with decay kernels
+                                                          in events and in seconds; see
+                                                          decay_weights)
                    + q(h) . k(features)                  (context-dependent reweighting)
-    All tables and q start at zero, so an untrained head ranks ring ids in recency order. The
+    All tables, u, u_g and q start at zero, so an untrained head ranks ring ids in recency order. The
     features are generic, so the head transfers across logs instead of learning per-item trivia.
     Cost is O(L) per prediction besides one sort: cheap for rings of hundreds of events.
 
@@ -231,6 +270,9 @@ class CopyHead(nn.Module):
             nn.init.zeros_(t.weight)
         nn.init.zeros_(self.query.weight)
         nn.init.zeros_(self.query.bias)
+        # decayed-count weights: built from zeros (no RNG draw), so other inits are unchanged
+        self.decay_w = nn.Parameter(torch.zeros(N_DECAY)) if cfg.copy_decay else None
+        self.group_decay_w = nn.Parameter(torch.zeros(N_DECAY)) if cfg.copy_decay else None
         n_stats = 4
         self.gate = nn.Sequential(nn.Linear(cfg.hidden + d + n_stats, d), nn.Tanh(), nn.Linear(d, 1))
 
@@ -242,12 +284,14 @@ class CopyHead(nn.Module):
         it is a distribution over the distinct ring ids; gate logit [N]). `explore` [N, L]: the
         explore head's score of each ring id (what comes next after this context), mixed in with
         a learned weight, so learned transitions also reorder revisits."""
-        f = ring_features(ids, actions, mask, self.max_count)
+        dw = decay_weights(age, mask) if self.decay_w is not None else None
+        f = ring_features(ids, actions, mask, self.max_count, dw)
         latest = f["latest"].bool()
         same = (ids == ids[:, -1:]) & mask
         if groups is not None:
             same_g = (groups == groups[:, -1:]) & mask
-            g_count = ring_features(groups, torch.zeros_like(actions), mask, self.max_count)["count"]
+            fg = ring_features(groups, torch.zeros_like(actions), mask, self.max_count, dw)
+            g_count = fg["count"]
         else:
             same_g = torch.zeros_like(same)
             g_count = torch.zeros_like(f["count"])
@@ -260,6 +304,10 @@ class CopyHead(nn.Module):
         e = (self.rank_w * torch.log1p(f["rank"].float()) + self.rank_s(rb).squeeze(-1)
              + self.small_s(small).squeeze(-1) + self.age_s(age).squeeze(-1) + self.group_s(g_count).squeeze(-1)
              + (torch.einsum("nd,nld->nl", self.query(h), keys) if self.use_context else 0.0))
+        if self.decay_w is not None:
+            e = e + torch.log1p(f["wsum"]) @ self.decay_w
+            if groups is not None:  # the same for the id's group: "the user is back on this kind"
+                e = e + torch.log1p(fg["wsum"]) @ self.group_decay_w
         e = e.masked_fill(~latest, NEG_INF)
         any_valid = mask.any(-1, keepdim=True)
         log_attn = torch.log_softmax(torch.where(any_valid, e, torch.zeros_like(e)), -1)
@@ -430,26 +478,27 @@ class SeqModel(nn.Module):
         logits and churn logit, without building the [B, V] mixture.
 
         Every transform the mixture applies to an id outside the ring is monotone in its explore
-        logit and shared by the whole row, so the top k are among the ring ids and the top k + L
-        explore ids; the normalisers come from one logsumexp. tests/unit/test_gru.py holds this
+        logit and shared by the whole row, so the top k are among the ring ids and the top k
+        explore ids outside the ring; the normalisers come from one logsumexp. tests/unit/test_gru.py holds this
         equal to `predict` for both fusions. Returns (values [B, k], indices [B, k], action
         logits [B, 3], churn logit [B]).
         """
         log_attn, gate = self.copy_item(h, recent)
         ring, valid = recent.items, self.item_valid
-        explore = self.item_explore_logits(h).masked_fill(~valid, NEG_INF)
+        # invalid rows masked through the bias: one [V] op instead of a [B, V] copy
+        q = self.item_query(self.drop(h))
+        explore = F.linear(q, self.item_emb.weight, self.item_bias.masked_fill(~valid, NEG_INF))
         lse = torch.logsumexp(explore, -1, keepdim=True)
         ls_pos, ls_neg = F.logsigmoid(gate).unsqueeze(-1), F.logsigmoid(-gate).unsqueeze(-1)
         ring_ok = torch.isfinite(log_attn) & valid[ring]  # one entry per distinct valid ring id
         ring_exp = explore.gather(1, ring) - lse
         rep = torch.logaddexp(ls_pos + log_attn.masked_fill(~ring_ok, -1e4), ls_neg + ring_exp)
         rep = rep.masked_fill(~ring_ok, NEG_INF)
-        m = min(k + ring.shape[1], explore.shape[1])
-        top_e, top_i = explore.topk(m, -1)
-        ring_sorted = torch.where(ring_ok, ring, torch.full_like(ring, -1)).sort(-1).values
-        pos = torch.searchsorted(ring_sorted, top_i).clamp(max=ring.shape[1] - 1)
-        in_ring = ring_sorted.gather(1, pos) == top_i
-        exp_part = (ls_neg + top_e - lse).masked_fill(in_ring | ~torch.isfinite(top_e), NEG_INF)
+        # ring ids are scored by `rep`: take them out of the explore tier in place (PAD, row 0,
+        # is invalid anyway), so a top-k of k, not k + L, finds the explore candidates
+        explore.scatter_(1, torch.where(ring_ok, ring, torch.zeros_like(ring)), NEG_INF)
+        top_e, top_i = explore.topk(min(k, explore.shape[1]), -1)
+        exp_part = ls_neg + top_e - lse
         if self.cfg.fusion == "tiered":  # the same shift and renormalisation as `mixture`
             lo = rep.masked_fill(~ring_ok, math.inf).amin(-1, keepdim=True)
             hi = exp_part.amax(-1, keepdim=True)
@@ -558,12 +607,16 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
     tmp.replace(path)  # atomic: readers never see half a checkpoint
 
 
+LEGACY_CONFIG = {"copy_decay": False}
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint "
                          f"(format={blob.get('format') if isinstance(blob, dict) else None!r})")
-    cfg = ModelConfig(**blob["config"])
+    # fields added after a checkpoint was written take the value that reproduces its model
+    cfg = ModelConfig(**{**LEGACY_CONFIG, **blob["config"]})
     model = SeqModel(cfg)
     model.load_state_dict(blob["state_dict"])
     model.eval()

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.gru import (GAP_FIRST, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
-                        gap_bucket, load_checkpoint, recent_windows, ring_features, save_checkpoint)
+from models.gru import (GAP_FIRST, N_DECAY, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
+                        decay_weights, gap_bucket, load_checkpoint, recent_windows, ring_features,
+                        save_checkpoint)
 from models.retrieval import top_k
 
 pytestmark = pytest.mark.unit
@@ -104,6 +105,45 @@ def test_ring_features():
     assert f["rank"].tolist() == [[0, 1, 2, 1, 0]]  # 7 newest, then 5, then 6
     assert f["latest"].tolist() == [[0, 0, 1, 1, 1]]
     assert f["carted"].tolist() == [[0, 1, 0, 1, 0]] and f["bought"].tolist() == [[0, 0, 0, 0, 1]]
+
+
+def test_ring_features_weighted_sums_and_decay_kernels():
+    ids = torch.tensor([[0, 5, 6, 5, 7]])
+    mask = ids > 0
+    w = torch.tensor([[[9.0], [1.0], [2.0], [4.0], [8.0]]])  # padding's weight is ignored
+    f = ring_features(ids, torch.zeros_like(ids), mask, 16, w)
+    assert f["wsum"][..., 0].tolist() == [[0.0, 5.0, 2.0, 5.0, 8.0]]
+    age = torch.where(mask, gap_bucket(torch.tensor([[0, 7200, 3600, 60, 0]])), 0)
+    k = decay_weights(age, mask)
+    assert k.shape == (1, 5, N_DECAY) and (k[0, 0] == 0).all()
+    assert torch.allclose(k[0, -1, :3], torch.ones(3))  # newest event: distance 0
+    assert torch.allclose(k[0, 3, 0], torch.tensor(2.0 ** -0.25))  # 1 event back, half-life 4
+    assert (k[0, 1:, -1] == 1).all()  # the last kernel sums to the unclipped count
+    t1h = k[0, 1:, 3]  # half-life 1 h, from the age bucket (its middle): older = smaller
+    assert t1h[0] < t1h[1] < t1h[2] <= t1h[3] and 0.2 < float(t1h[0]) < 0.35  # ~2 h: ~1/4
+
+
+def test_decayed_counts_start_at_zero_and_old_checkpoints_load(tmp_path):
+    """The decayed-count weights start at zero (an untrained head keeps the recency order), and a
+    checkpoint written before they existed loads as the model it was."""
+    m = small_model()
+    assert m.cfg.copy_decay and not m.item_copy.decay_w.any() and not m.cat_copy.decay_w.any()
+    old = small_model(copy_decay=False)
+    iv, cv = Vocab(np.arange(100, 133), 40), Vocab(np.arange(7, 15), 12)
+    save_checkpoint(tmp_path / "old.pt", old, iv, cv, version=1, meta={})
+    blob = torch.load(tmp_path / "old.pt", weights_only=True)
+    del blob["config"]["copy_decay"]  # as written before the field existed
+    torch.save(blob, tmp_path / "old.pt")
+    ck = load_checkpoint(tmp_path / "old.pt", device="cpu")
+    assert not ck.config.copy_decay and ck.model.item_copy.decay_w is None
+    # with learned weights, a frequently revisited older item can overtake a newer one-off
+    items = torch.tensor([[5, 5, 5, 5, 6, 7]])
+    z = torch.zeros_like(items)
+    recent = Recent(items, z + 3, z, torch.full_like(items, 4), items > 0)
+    with torch.no_grad():
+        m.item_copy.decay_w[-1] = 5.0
+        la, _ = m.copy_item(torch.zeros(1, 16), recent)
+    assert la[0, 3] > la[0, 4]
 
 
 def test_gap_bucket():
