@@ -6,12 +6,6 @@ decode and validate (bad input -> dead-letter), park valid events in the reorder
 each released user's state from the table, score in a single-thread executor (torch blocks),
 then write states and send predictions back on the event loop.
 
-Batches are pipelined: while the scoring thread works on batch N, the event loop finishes
-batch N-1 (table writes, sends, acks) and prepares N+1. A user whose batch is still in flight
-is read from the in-flight state, not the table, and the single scoring thread applies batches
-in order. The scoring thread also encodes the states and takes what the hooks need, so the
-loop never reads a state the next batch may be changing.
-
 `take_events` acks a batch when the next one is requested; a parked event holds one more
 reference on its message (`incref`) so its offset is not committed before it is scored.
 
@@ -28,7 +22,7 @@ import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import msgpack
 from faust.streams import _current_event  # the contextvar faust's tables read
@@ -84,26 +78,6 @@ class WorkerMetrics:
         }
 
 
-class BatchHook(Protocol):
-    """Runs after each scored batch (e.g. training-sample capture)."""
-
-    def prepare(self, states: dict[int, UserState], predictions: list[Prediction]) -> Any:
-        """On the scoring thread, right after the batch: read the states here."""
-
-    async def publish(self, prepared: Any) -> None:
-        """On the event loop, in batch order, once the batch's states are stored."""
-
-
-@dataclass
-class ScoredBatch:
-    """What the scoring thread hands back: snapshots taken before the next batch runs."""
-
-    predictions: list[Prediction]
-    encoded: dict[int, bytes]  # user -> encode_state bytes
-    due: dict[int, int | None]  # user -> event time a churn alert falls due
-    prepared: list[Any]  # one per hook
-
-
 def _set_current_event(event: Any) -> None:
     _current_event.set(weakref.ref(event) if event is not None else None)
 
@@ -125,12 +99,8 @@ class ScoringPipeline:
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
         # capture), and a model version waiting to be swapped in between two batches
-        self.after_batch: list[BatchHook] = []
+        self.after_batch: list[Callable[[dict[int, UserState], list[Prediction]], Awaitable[None]]] = []
         self._pending_model: ScoringModel | None = None
-        self._in_flight: dict[int, list] = {}  # user -> [state, batches holding it]
-        self._tail: asyncio.Task | None = None  # completion of the newest submitted batch
-        self._tail_scored: asyncio.Future | None = None  # ...and its scoring
-        self._older: asyncio.Task | None = None  # completion of the batch before it
         # torch releases the GIL, but the model must see one batch at a time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
@@ -158,67 +128,31 @@ class ScoringPipeline:
                                            headers=dead_letter_headers(bad))
 
     def load_states(self, valid: list[tuple[Event, Any]]) -> tuple[dict[int, UserState], dict[int, Any]]:
-        """Each user's newest state: in flight (a batch not yet stored), else the table, else
-        new. Every user gets a state object here, so a later batch finds it in flight."""
         states: dict[int, UserState] = {}
         last_event: dict[int, Any] = {}
         table = self.wiring.states
         for ev, fev in valid:
-            uid = ev.user_id
-            last_event[uid] = fev
-            if uid in states:
-                continue
-            held = self._in_flight.get(uid)
-            if held is not None:
-                states[uid] = held[0]
+            last_event[ev.user_id] = fev
+            if ev.user_id in states:
                 continue
             _set_current_event(fev)
-            raw = table.get(user_key(uid))
-            st = None
+            raw = table.get(user_key(ev.user_id))
             if raw is not None:
                 try:
-                    st = decode_state(raw)
+                    states[ev.user_id] = decode_state(raw)
                 except Exception:  # a state we cannot read must not stop the partition
-                    log.exception("unreadable state for user %s; starting fresh", uid)
-            states[uid] = st if st is not None else UserState(user_id=uid)
-        _set_current_event(None)
+                    log.exception("unreadable state for user %s; starting fresh", ev.user_id)
         return states, last_event
 
-    def _hold(self, states: dict[int, UserState]) -> None:
-        for uid, st in states.items():
-            self._in_flight.setdefault(uid, [st, 0])[1] += 1
-
-    def _release(self, user_ids: Sequence[int]) -> None:
-        for uid in user_ids:
-            held = self._in_flight[uid]
-            held[1] -= 1
-            if held[1] == 0:
-                del self._in_flight[uid]
-
-    def score_job(self, states: dict[int, UserState], events: list[Event]) -> ScoredBatch:
-        """The scoring thread's share of a batch."""
-        predictions = self.scorer.score_batch(states, events)
-        policy = self.scorer.churn
-        return ScoredBatch(
-            predictions=predictions,
-            encoded={uid: encode_state(st) for uid, st in states.items()},
-            due={uid: policy.due_ts(st) for uid, st in states.items()},
-            prepared=[hook.prepare(states, predictions) for hook in self.after_batch],
-        )
-
-    def store_states(self, encoded: dict[int, bytes], last_event: dict[int, Any]) -> None:
+    def store_states(self, states: dict[int, UserState], last_event: dict[int, Any]) -> None:
         table = self.wiring.states
-        for user_id, data in encoded.items():
+        for user_id, st in states.items():
             _set_current_event(last_event[user_id])
+            data = encode_state(st)
             table[user_key(user_id)] = data
             self.metrics.state_bytes += len(data)
             self.metrics.state_writes += 1
         _set_current_event(None)
-
-    async def drain(self) -> None:
-        """Wait until every submitted batch is stored, sent and acked."""
-        while self._tail is not None and not self._tail.done():
-            await asyncio.shield(self._tail)
 
     async def process(self, batch: Sequence[Any]) -> None:
         async with self.state_lock:
@@ -265,9 +199,7 @@ class ScoringPipeline:
         return state.timestamp if time.monotonic() - since >= 1.0 else None
 
     async def release_ready(self) -> None:
-        """Score what the reorder buffer can release now (from a timer, for a quiet stream)."""
-        if self._tail is not None and not self._tail.done():
-            return  # busy: the next batch releases them, together with its own events
+        """Score what the reorder buffer can release now (also called from a timer)."""
         async with self.state_lock:
             await self._score_released(time.perf_counter())
 
@@ -291,76 +223,50 @@ class ScoringPipeline:
 
     async def _score_released(self, started: float) -> None:
         if self._pending_model is not None:
-            # queued on the scoring thread: between two batches, never in the middle of one
-            self.executor.submit(self.scorer.swap, self._pending_model)
+            self.scorer.swap(self._pending_model)
             log.info("now serving model version %d", self._pending_model.version)
             self._pending_model = None
         valid = self.reorder.release(self.caught_up)
         self.metrics.buffered = self.reorder.size
         self.metrics.redeliveries = self.scorer.redeliveries
         self.metrics.forced_releases = self.reorder.forced
-        if not valid:
-            return
-        states, last_event = self.load_states(valid)
-        events = [ev for ev, _ in valid]
-        for ev in events:
-            self.clock.observe(ev.partition, ev.ts)
-        self._hold(states)
-        previous = self._tail
-        if self._tail_scored is not None:
-            # one batch at a time on the scoring thread, so the next one gathers events meanwhile
-            # (big batches are cheaper per event); its completion runs on the loop alongside
-            await asyncio.wait([self._tail_scored])
-        if self._older is not None:  # at most two batches scored but not yet stored and sent
-            await asyncio.shield(self._older)
-        scored = asyncio.get_running_loop().run_in_executor(self.executor, self.score_job, states, events)
-        self._older, self._tail_scored = previous, scored
-        self._tail = asyncio.ensure_future(
-            self._complete(previous, scored, valid, last_event, list(states), started))
-
-    async def _complete(self, previous: asyncio.Task | None, scored: asyncio.Future,
-                        valid: list[tuple[Event, Any]], last_event: dict[int, Any],
-                        user_ids: list[int], started: float) -> None:
-        """Store, publish and ack one batch, after the batch before it."""
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)
+        if valid:
+            states, last_event = self.load_states(valid)
+            events = [ev for ev, _ in valid]
+            for ev in events:
+                self.clock.observe(ev.partition, ev.ts)
+            loop = asyncio.get_running_loop()
             try:
-                batch: ScoredBatch = await scored
+                predictions = await loop.run_in_executor(
+                    self.executor, self.scorer.score_batch, states, events)
             except Exception as exc:
                 # A scoring failure must not lose the batch: every event goes to dead-letter.
-                # (A later batch of the same users may already hold their state objects; it
-                # stores whatever this one applied before failing.)
-                log.exception("scoring failed for a batch of %d events", len(valid))
+                log.exception("scoring failed for a batch of %d events", len(events))
                 for ev, fev in valid:
                     await self.send_dead_letter(Invalid(
                         "internal-error", f"{type(exc).__name__}: {exc}"[:200],
                         fev.message.key, fev.message.value, ev.topic, ev.partition, ev.offset))
                     fev.ack()
                 return
-            self.store_states(batch.encoded, last_event)
-            for user_id, due in batch.due.items():
-                self.due.update(last_event[user_id].message.partition, user_id, due)
+            self.store_states(states, last_event)
+            policy = self.scorer.churn
+            for user_id, st in states.items():
+                self.due.update(last_event[user_id].message.partition, user_id, policy.due_ts(st))
             now_ms = int(time.time() * 1000)
             pack = msgpack.Packer(use_bin_type=True).pack
-            for p in batch.predictions:
+            for p in predictions:
                 self.metrics.late += p.late
                 key = user_key(p.user_id)
                 await self.send_prediction(key, pack(p.to_message(now_ms)))
                 for msg in p.churn_messages:
                     await self.send_churn(key, msg, p.event.partition)
-            self.metrics.predictions += len(batch.predictions)
-            for hook, prepared in zip(self.after_batch, batch.prepared):
-                await hook.publish(prepared)
+            self.metrics.predictions += len(predictions)
+            for hook in self.after_batch:
+                await hook(states, predictions)
             for _, fev in valid:
                 fev.ack()
             self.metrics.batches += 1
             self.metrics.batch_seconds += time.perf_counter() - started
-        except Exception:
-            # unacked events are read again after a restart or rebalance
-            log.exception("a batch of %d events failed after scoring", len(valid))
-        finally:
-            self._release(user_ids)
 
     def stalled_inputs(self, paused: set[TP], now: float, quiet_s: float = 5.0) -> set[TP]:
         """Input partitions that faust stopped fetching for backpressure although nothing has
@@ -425,7 +331,6 @@ class ScoringPipeline:
             log.warning("ignoring a malformed churn command at offset %s", fev.message.offset)
             return
         async with self.state_lock:
-            await self.drain()  # the table must hold the user's newest state
             key = user_key(user_id)
             raw = self.wiring.states.get(key)
             if raw is None:
@@ -468,7 +373,6 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
 
     @app.on_partitions_revoked.connect
     async def revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
-        await pipeline.drain()  # write in-flight batches while their partitions are still ours
         pipeline.on_revoked(revoked)
 
     @app.timer(interval=settings.churn_sweep_s)

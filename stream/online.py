@@ -192,21 +192,14 @@ class SampleCapture:
             out.append((user_key(p.user_id), data))
         return out
 
-    # the pipeline's BatchHook: samples on the scoring thread (it reads the states), sends on
-    # the event loop
-    def prepare(self, states: dict[int, UserState], predictions: Sequence[Any]) -> list[tuple[bytes, bytes]]:
-        return self.samples(states, predictions)
-
-    async def publish(self, pairs: list[tuple[bytes, bytes]]) -> None:
+    async def __call__(self, states: dict[int, UserState], predictions: Sequence[Any]) -> None:
         started = time.perf_counter()
         send = self.send
+        pairs = self.samples(states, predictions)
         for key, value in pairs:
             await send(key=key, value=value)
         self.metrics.samples += len(pairs)
         self.metrics.seconds += time.perf_counter() - started
-
-    async def __call__(self, states: dict[int, UserState], predictions: Sequence[Any]) -> None:
-        await self.publish(self.prepare(states, predictions))
 
 
 # ============================================================================ model-updates protocol
