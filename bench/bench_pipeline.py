@@ -4,7 +4,10 @@ For each pipeline (the faust worker, and a bare aiokafka loop doing the same wor
 - max rate: pre-load N events into the input topics, start the pipeline, and time the span from
   its first prediction to its N-th (startup excluded);
 - fixed rate: offer R events/s with event time = send time, and take the latency from the event
-  time to the prediction's arrival at an independent consumer (p50/p99).
+  time to the prediction's arrival at an independent consumer (p50/p99);
+- CPU per event: user + system time of the pipeline process (all threads) and of the local
+  broker JVM between the first and the last prediction of the max-rate phase. Unlike events/s it
+  hardly moves when the machine's speed drifts, and 2 cores / (CPU per event) bounds the rate.
 
     python bench/bench_pipeline.py [--events 60000] [--rate 2000] [--seconds 20] [--repeat 3]
                                    [--worker-args=--no-online]
