@@ -318,9 +318,21 @@ def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
 
 
 def category_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor) -> Tensor:
+    """log p(target) [N] under `SeqModel.mixture` (plain fusion) without building the mixture
+    over every category: the target's own terms and one logsumexp (a unit test holds the two
+    equal). The full [N, V] mixture and its backward were a large share of training time."""
     la, g = model.copy_category(h, recent)
-    logp = model.mixture(la, g, recent.categories, model.cat_explore_logits(h), model.cat_valid)
-    return logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    valid = model.cat_valid
+    logits = model.cat_explore_logits(h).masked_fill(~valid, float("-inf"))
+    log_exp = logits.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, 1)
+    # each distinct ring id has one finite copy score (its newest position)
+    hit = (recent.categories == target.unsqueeze(1)) & torch.isfinite(la)
+    in_ring = hit.any(1) & valid[target]
+    log_rep = torch.logsumexp(la.masked_fill(~hit, float("-inf")), 1)
+    lp_exp = F.logsigmoid(-g) + log_exp
+    safe_rep = torch.where(in_ring, log_rep, torch.full_like(log_rep, -1e4))  # no NaN gradients
+    out = torch.where(in_ring, torch.logaddexp(F.logsigmoid(g) + safe_rep, lp_exp), lp_exp)
+    return out.masked_fill(~valid[target], float("-inf"))
 
 
 @dataclass

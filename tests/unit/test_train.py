@@ -138,3 +138,45 @@ def test_cli_train_writes_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == "seqstream train: error: --epochs must be >= 1"
     missing = parser.parse_args([str(tmp_path / "nope.csv"), "--format", "taobao", "--out", str(out)])
     assert T.run_train_command(missing) == 2
+
+
+def test_category_log_prob_equals_the_full_mixture_with_gradients():
+    """The training shortcut must give exactly the mixture's log p(target), and the same
+    gradients, for targets in the ring, outside it, and users with an empty ring."""
+    from models.gru import ModelConfig, Recent, SeqModel
+
+    torch.manual_seed(0)
+    model = SeqModel(ModelConfig(n_items=50, n_categories=30, hidden=16, emb=8, dropout=0.0, ring=10))
+    model.set_valid(50, 25)  # categories 25..29 unused
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    g = torch.Generator().manual_seed(1)
+    N, L = 40, 10
+    mask = torch.rand(N, L, generator=g) > 0.3
+    mask[:4] = False  # empty rings
+    cats = torch.randint(2, 12, (N, L), generator=g) * mask  # few ids: repeats in the ring
+    recent = Recent(items=torch.randint(2, 50, (N, L), generator=g) * mask, categories=cats,
+                    actions=torch.randint(0, 3, (N, L), generator=g),
+                    age=torch.randint(2, 30, (N, L), generator=g) * mask, mask=mask)
+    target = torch.randint(2, 25, (N,), generator=g)
+    target[4:14] = cats[4:14, -1].clamp(min=2)  # some surely in the ring
+    h = torch.randn(N, 16, generator=g)
+
+    def full():
+        la, gate = model.copy_category(h, recent)
+        logp = model.mixture(la, gate, recent.categories, model.cat_explore_logits(h), model.cat_valid)
+        return logp.gather(1, target.unsqueeze(1)).squeeze(1)
+
+    def grads(fn):
+        model.zero_grad()
+        out = fn()
+        out.sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want, want_g = grads(full)
+    got, got_g = grads(lambda: T.category_log_prob(model, h, recent, target))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert set(got_g) == set(want_g)
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], atol=1e-5, rtol=1e-4)
