@@ -27,8 +27,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     keys = ("prefix", "broker", "app_id", "data_dir", "model", "device", "batch_max",
             "batch_wait_ms", "top_k", "ring", "processing_guarantee", "web_port", "log_level",
-            "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms", "churn_risk_threshold", "churn_sweep_s",
-            "online")
+            "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms", "churn_risk_threshold",
+            "churn_sweep_s", "online")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     import os
 

@@ -21,4 +21,3 @@ def test_paused_inputs_are_resumed_only_when_nothing_arrives():
     assert pipeline.stalled_inputs(paused, now=9.5) == {click0}  # 5.5 s with nothing: stuck
     assert pipeline.stalled_inputs({other}, now=20.0) == set()  # not ours to resume
     pipeline.executor.shutdown()
-

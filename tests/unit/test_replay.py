@@ -522,23 +522,23 @@ def _run(argv: list[str]) -> int:
     return int(args.func(args) or 0)
 
 
-def test_cli_bad_args_are_one_line(capsys, tmp_path: Path) -> None:
+def _assert_one_line_usage_error(capsys, flags: list[str], word: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["replay", "x.jsonl", "--format", "jsonl", "--speed", "fast"])
+        build_parser().parse_args(["replay", "x.jsonl", "--format", "jsonl", *flags])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "speed" in err
+    assert "\n" not in err and word in err
+
+
+def test_cli_bad_args_are_one_line(capsys, tmp_path: Path) -> None:
+    _assert_one_line_usage_error(capsys, ["--speed", "fast"], "speed")
     assert _run(["replay", str(tmp_path / "nope.jsonl"), "--format", "jsonl",
                  "--bootstrap", "127.0.0.1:1"]) == 1
     assert "no such file" in capsys.readouterr().err
 
 
 def test_cli_producers_option(capsys, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["replay", "x.jsonl", "--format", "jsonl", "--producers", "0"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "positive integer" in err
+    _assert_one_line_usage_error(capsys, ["--producers", "0"], "positive integer")
     # Paced: one producer, and a one-line note (the run itself fails here: no such file).
     assert _run(["replay", str(tmp_path / "nope.jsonl"), "--format", "jsonl", "--speed", "60",
                  "--producers", "3", "--bootstrap", "127.0.0.1:1"]) == 1
