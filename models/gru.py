@@ -11,10 +11,11 @@ After each event `predict` gives, for the user's NEXT event:
   where p_repeat scores the DISTINCT ids of the user's recent ring of events by generic features
   (recency rank, age, last action, count, time- and event-decayed counts of the id and of its
   category, carted/bought, same category as the newest event),
-  starting exactly as the "repeat" baseline's most-recent-first order; p_explore is
-  a softmax over the catalogue through the SHARED item embedding table, restricted to items not in
-  the ring, and g is a learned gate. On Taobao-like logs most next items are revisits, so the
-  copy path is what lets a sequence model beat the "repeat" baseline;
+  starting exactly as the "repeat" baseline's most-recent-first order; p_explore is a softmax
+  over the whole catalogue through the SHARED item embedding table (pointer-generator style), and
+  g is a learned gate. After training, a temperature of the explore logits and a shift of the gate
+  are fitted on held-out events (`explore_temp`, `gate_shift`). On Taobao-like logs most next
+  items are revisits, so the copy path is what lets a sequence model beat the "repeat" baseline;
 - the same mixture for categories;
 - next action (3-way softmax) and churn (a logit; sigmoid = P(no event within the horizon)).
 
@@ -353,6 +354,12 @@ class SeqModel(nn.Module):
         valid_c[:2] = False
         self.register_buffer("item_valid", valid_i)
         self.register_buffer("cat_valid", valid_c)
+        # fusion calibration, fitted on held-out events after training (models.train.calibrate_fusion):
+        # explore logits are divided by a temperature and the gate logits shifted, per
+        # [item, category]. A sampled-softmax explore head is overconfident about ids it saw a
+        # few times; the copy path it is mixed with is not, and the mixture ranks one against the other.
+        self.register_buffer("explore_temp", torch.ones(2))
+        self.register_buffer("gate_shift", torch.zeros(2))
         nn.init.normal_(self.item_emb.weight, std=0.05)
         nn.init.normal_(self.cat_emb.weight, std=0.05)
         with torch.no_grad():
@@ -406,22 +413,25 @@ class SeqModel(nn.Module):
 
     def copy_item(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
         emb = self.item_emb(recent.items) if self.cfg.copy_ids else None
-        return self.item_copy(h, recent.items, emb, recent.actions, recent.age, recent.mask,
-                              groups=recent.categories)
+        log_attn, gate = self.item_copy(h, recent.items, emb, recent.actions, recent.age, recent.mask,
+                                        groups=recent.categories)
+        return log_attn, gate + self.gate_shift[0]
 
     def copy_category(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
         emb = self.cat_emb(recent.categories) if self.cfg.copy_ids else None
-        return self.cat_copy(h, recent.categories, emb, recent.actions, recent.age, recent.mask)
+        log_attn, gate = self.cat_copy(h, recent.categories, emb, recent.actions, recent.age, recent.mask)
+        return log_attn, gate + self.gate_shift[1]
 
     def item_explore_logits(self, h: Tensor, candidates: Tensor | None = None) -> Tensor:
-        """Unnormalised explore scores q(h) . E[v] + b[v] (all items, or `candidates` [K])."""
-        q = self.item_query(self.drop(h))
+        """Unnormalised explore scores (q(h) . E[v] + b[v]) / T (all items, or `candidates` [K])."""
+        q = self.item_query(self.drop(h)) / self.explore_temp[0]
         if candidates is None:
-            return F.linear(q, self.item_emb.weight, self.item_bias)
-        return F.linear(q, self.item_emb.weight[candidates], self.item_bias[candidates])
+            return F.linear(q, self.item_emb.weight, self.item_bias / self.explore_temp[0])
+        return F.linear(q, self.item_emb.weight[candidates], self.item_bias[candidates] / self.explore_temp[0])
 
     def cat_explore_logits(self, h: Tensor) -> Tensor:
-        return F.linear(self.cat_query(self.drop(h)), self.cat_emb.weight, self.cat_bias)
+        q = self.cat_query(self.drop(h)) / self.explore_temp[1]
+        return F.linear(q, self.cat_emb.weight, self.cat_bias / self.explore_temp[1])
 
     @staticmethod
     def mixture(log_attn: Tensor, gate: Tensor, ring_ids: Tensor, explore_logits: Tensor,
@@ -486,8 +496,9 @@ class SeqModel(nn.Module):
         log_attn, gate = self.copy_item(h, recent)
         ring, valid = recent.items, self.item_valid
         # invalid rows masked through the bias: one [V] op instead of a [B, V] copy
-        q = self.item_query(self.drop(h))
-        explore = F.linear(q, self.item_emb.weight, self.item_bias.masked_fill(~valid, NEG_INF))
+        t = self.explore_temp[0]
+        q = self.item_query(self.drop(h)) / t
+        explore = F.linear(q, self.item_emb.weight, (self.item_bias / t).masked_fill(~valid, NEG_INF))
         lse = torch.logsumexp(explore, -1, keepdim=True)
         ls_pos, ls_neg = F.logsigmoid(gate).unsqueeze(-1), F.logsigmoid(-gate).unsqueeze(-1)
         ring_ok = torch.isfinite(log_attn) & valid[ring]  # one entry per distinct valid ring id
@@ -608,6 +619,7 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
 
 
 LEGACY_CONFIG = {"copy_decay": False}
+CALIBRATION_KEYS = ("explore_temp", "gate_shift")
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:
@@ -618,7 +630,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
     # fields added after a checkpoint was written take the value that reproduces its model
     cfg = ModelConfig(**{**LEGACY_CONFIG, **blob["config"]})
     model = SeqModel(cfg)
-    model.load_state_dict(blob["state_dict"])
+    state = blob["state_dict"]
+    # buffers added after a checkpoint was written keep their neutral defaults
+    model.load_state_dict({**{k: v for k, v in model.state_dict().items() if k in CALIBRATION_KEYS}, **state})
     model.eval()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from models.gru import (GAP_FIRST, UNKNOWN, Checkpoint, ModelConfig, Recent, SeqModel, Vocab,
+from models.gru import (GAP_FIRST, NEG_INF, UNKNOWN, Checkpoint, ModelConfig, Recent, SeqModel, Vocab,
                         gap_bucket, recent_windows, save_checkpoint)
 from models.schema import ACTION_INDEX, LogEvent
 
@@ -66,6 +66,12 @@ class TrainConfig:
     fusion: str = "tiered"  # see ModelConfig.fusion
     copy_decay: bool = True  # see ModelConfig.copy_decay
     copy_lr_mult: float = 10.0
+    # the last `calibrate_frac` of the log's time trains nothing but calibrates the mixture (see
+    # calibrate_fusion); 0 = no hold-out, no calibration
+    calibrate_frac: float = 0.1
+    # explore biases start at log train popularity: ids seen a handful of times barely move in one
+    # pass, and a zero bias ranks them below the popularity baseline's fallback
+    pop_prior: bool = True
     vocab_cutoff: float | None = 0.8  # see cutoff_view; None = train on sequences as they are
     # Extra views of the training log, each with its vocabulary frozen at another time quantile
     # (see training_views): more "after the freeze" examples, the situation a deployed model is in.
@@ -306,9 +312,10 @@ def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
     inb = target if len(target) <= 1024 else target[torch.randperm(len(target), device=h.device)[:1024]]
     cand = torch.cat([shared_neg, inb])
     K, M = len(shared_neg), len(inb)
-    q = model.item_query(model.drop(h))
-    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target]
-    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand])
+    t = model.explore_temp[0]
+    q = model.item_query(model.drop(h)) / t
+    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target] / t
+    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand] / t)
     log_q = torch.log(K * sampler.q_alpha[cand] + M * sampler.q_pop[cand]).clamp(min=-30)
     o_c = (o_c - log_q).masked_fill(cand.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
     log_z = torch.logsumexp(torch.cat([o_t.unsqueeze(1), o_c], 1), 1)
@@ -470,6 +477,122 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     return {"events_per_s": rates, "item_nll": losses}
 
 
+TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.7, 8.0)
+GATE_SHIFTS = tuple(x / 10 for x in range(-30, 31))
+
+
+@torch.no_grad()
+def calibrate_fusion(model: SeqModel, data: SeqData, since_ts: float, max_rows: int = 4000,
+                     seed: int = 0) -> dict[str, float]:
+    """Fit `model.explore_temp` and `model.gate_shift` (items, categories) on the next events at
+    or after `since_ts`, which the model was not trained on: the (T, shift) of the grid with the
+    least exact (full-softmax) NLL of the mixture. Why: the explore head is trained with a
+    sampled normaliser and memorises ids it saw a few times, so its full softmax is
+    overconfident at serving time, where it is ranked against the copy path (time slice: the top
+    new item got p = 0.09 on average; such items are right < 1% of the time).
+
+    Returns the fitted values and the NLL before and after (per task)."""
+    model.eval()
+    model.explore_temp.fill_(1.0)
+    model.gate_shift.zero_()
+    nxt = np.arange(len(data)) + 1
+    same = np.zeros(len(data), dtype=bool)
+    same[:-1] = np.diff(np.repeat(np.arange(len(data.users)), data.lengths)) == 0
+    nxt = nxt.clip(max=len(data) - 1)
+    ok = same & (data.ts[nxt] >= since_ts)
+    ok_i = ok & (data.items[nxt] > UNKNOWN) & ~(data.item_new[nxt] if data.item_new is not None else False)
+    ok_c = ok & (data.cats[nxt] > UNKNOWN) & ~(data.cat_new[nxt] if data.cat_new is not None else False)
+    rng = np.random.default_rng(seed)
+    out: dict[str, float] = {}
+    for task, okt in (("item", ok_i), ("category", ok_c)):
+        pos = np.flatnonzero(okt)
+        if len(pos) < 50:  # too few to fit two numbers: keep the neutral calibration
+            out[f"{task}_rows"] = float(len(pos))
+            continue
+        pos = np.sort(rng.choice(pos, min(max_rows, len(pos)), replace=False))
+        parts = _fusion_parts(model, data, pos, task)
+        temps = torch.tensor(TEMPERATURES, dtype=torch.float64)
+        shifts = torch.tensor(GATE_SHIFTS, dtype=torch.float64).view(-1, 1, 1)
+        g = parts["gate"].view(1, 1, -1) + shifts  # [S, 1, N]
+        log_exp = parts["log_exp"].T.unsqueeze(0)  # [1, T, N]
+        lp = F.logsigmoid(-g) + log_exp
+        lp = torch.where(parts["in_ring"], torch.logaddexp(F.logsigmoid(g) + parts["log_rep"], lp), lp)
+        nll = -lp.mean(-1)  # [S, T]
+        best = int(nll.argmin())
+        s_i, t_i = divmod(best, len(TEMPERATURES))
+        k = 0 if task == "item" else 1
+        model.explore_temp[k] = float(temps[t_i])
+        model.gate_shift[k] = float(GATE_SHIFTS[s_i])
+        out.update({f"{task}_temp": float(temps[t_i]), f"{task}_gate_shift": float(GATE_SHIFTS[s_i]),
+                    f"{task}_nll_before": float(nll[GATE_SHIFTS.index(0.0), TEMPERATURES.index(1.0)]),
+                    f"{task}_nll_after": float(nll[s_i, t_i]), f"{task}_rows": float(len(pos))})
+    return out
+
+
+def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: str,
+                  batch_users: int = 64, rows_per_block: int = 256) -> dict[str, Tensor]:
+    """Per position (predicting the next event): the copy path's log-prob of the target (-inf
+    outside the ring) and gate, and the explore log-softmax of the target at each of
+    TEMPERATURES [N, T] (exact: over every valid id)."""
+    mc = model.cfg
+    user_of = np.searchsorted(data.starts, positions, side="right") - 1
+    acc: dict[str, list[Tensor]] = {"log_rep": [], "gate": [], "log_exp": [], "order": []}
+    temps = torch.tensor(TEMPERATURES, device=model.device).view(-1, 1, 1)
+    users = np.unique(user_of)
+    for i in range(0, len(users), batch_users):
+        us = users[i: i + batch_users]
+        b = make_batch(data, us, math.inf, math.inf, mc.n_gap_buckets, model.device)
+        hs, _ = model.encode(None, b.items, b.cats, b.actions, b.gaps)
+        rec = recent_windows(b.items, b.cats, b.actions, b.ts, b.mask, mc.ring, mc.n_gap_buckets)
+        sel = np.flatnonzero(np.isin(user_of, us))
+        rows = torch.as_tensor(np.searchsorted(us, user_of[sel]), device=model.device)
+        cols = torch.as_tensor(positions[sel] - data.starts[user_of[sel]], device=model.device)
+        h = hs[rows, cols]
+        r = Recent(rec.items[rows, cols], rec.categories[rows, cols], rec.actions[rows, cols],
+                   rec.age[rows, cols], rec.mask[rows, cols])
+        nxt = torch.as_tensor(positions[sel] + 1, device=model.device)
+        if task == "item":
+            target = torch.as_tensor(data.items, device=model.device)[nxt]
+            la, gate = model.copy_item(h, r)
+            ring, logits, valid = r.items, model.item_explore_logits(h), model.item_valid
+        else:
+            target = torch.as_tensor(data.cats, device=model.device)[nxt]
+            la, gate = model.copy_category(h, r)
+            ring, logits, valid = r.categories, model.cat_explore_logits(h), model.cat_valid
+        hit = (ring == target.unsqueeze(1)) & torch.isfinite(la)
+        acc["log_rep"].append(torch.logsumexp(la.masked_fill(~hit, NEG_INF), 1).double())
+        acc["gate"].append(gate.double())
+        logits = logits.masked_fill(~valid, NEG_INF)
+        lt = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+        for a in range(0, len(logits), rows_per_block):  # [T, rows, V] one block at a time
+            z = torch.logsumexp(logits[a: a + rows_per_block].unsqueeze(0) / temps, -1)  # [T, rows]
+            acc["log_exp"].append((lt[a: a + rows_per_block].unsqueeze(0) / temps.squeeze(-1) - z).T.double())
+        acc["order"].append(torch.as_tensor(sel))
+    order = torch.cat(acc["order"]).argsort()
+    out = {k: torch.cat(v)[order] for k, v in acc.items() if k != "order"}
+    out["in_ring"] = torch.isfinite(out["log_rep"])
+    return out
+
+
+def fit_calibrated(model: SeqModel, data: SeqData, cfg: TrainConfig, data_end: float) -> dict[str, Any]:
+    """Train on `training_views(data)` with the last `calibrate_frac` of the log's time held out
+    as targets (still context), then `calibrate_fusion` on it. Returns fit_model's stats plus
+    the calibration."""
+    views = training_views(data, cfg)
+    if not cfg.calibrate_frac or len(data) < 2:
+        return {**fit_model(model, views, cfg, data_end=data_end), "trained_events": len(views)}
+    qn = 1.0 - cfg.calibrate_frac
+    since = float(np.quantile(data.ts, qn))
+    w = views.weight if views.weight is not None else np.ones(len(views))
+    # the weight of an event is its weight as a target: held-out targets teach nothing
+    views.weight = np.where(views.ts < since, w, 0.0)
+    stats = fit_model(model, views, cfg, data_end=data_end)
+    stats["trained_events"] = len(views)
+    # the held-out period seen as after a deployment: its ids unknown before `since` dropped
+    stats["calibration"] = calibrate_fusion(model, cutoff_view(data, qn), since, seed=cfg.seed)
+    return stats
+
+
 def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig) -> tuple[SeqModel, Vocab, Vocab]:
     iv = Vocab.build(data_items, cfg.max_items)
     cv = Vocab.build(data_cats[data_cats >= 0], cfg.max_categories)
@@ -478,6 +601,12 @@ def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig)
                      copy_context=cfg.copy_context, fusion=cfg.fusion, copy_decay=cfg.copy_decay)
     model = SeqModel(mc)
     model.set_valid(len(iv), len(cv))
+    if cfg.pop_prior:
+        with torch.no_grad():
+            for bias, counts in ((model.item_bias, np.bincount(iv.index(data_items), minlength=len(iv))),
+                                 (model.cat_bias, np.bincount(cv.index(data_cats[data_cats >= 0]),
+                                                              minlength=len(cv)))):
+                bias[: len(counts)] = torch.as_tensor(np.log1p(counts), dtype=bias.dtype)
     return model, iv, cv
 
 
@@ -491,10 +620,10 @@ def train_model(events: Iterable[LogEvent], cfg: TrainConfig) -> Checkpoint:
     model.to(resolve_device(cfg.device))
     data = make_seqdata(a["user"], iv.index(a["item"]), cv.index(a["cat"]), a["action"], a["ts"], a["row"])
     data_end, n_events, n_users = float(data.ts.max()), len(data), len(data.users)
-    data = training_views(data, cfg)
-    stats = fit_model(model, data, cfg, data_end=data_end)
+    stats = fit_calibrated(model, data, cfg, data_end=data_end)
     meta = {"train": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-            "events": n_events, "users": n_users, "trained_events": len(data),
+            "events": n_events, "users": n_users, "trained_events": stats["trained_events"],
+            "calibration": stats.get("calibration", {}),
             "events_per_s": [round(r, 1) for r in stats["events_per_s"]],
             "item_nll": [round(x, 4) for x in stats["item_nll"]],
             "data_start_s": float(a["ts"].min()), "data_end_s": float(a["ts"].max())}
@@ -584,8 +713,7 @@ class GRURanker:
             model.to(resolve_device(self.cfg.device))
             seq = make_seqdata(data.user[tr], iv.index(data.item[tr]), cv.index(data.category[tr]),
                                data.action[tr].astype(np.int64), data.ts[tr], data.row[tr])
-            seq = training_views(seq, self.cfg)
-            fit_model(model, seq, self.cfg, data_end=float(data.ts[tr].max()))
+            fit_calibrated(model, seq, self.cfg, data_end=float(data.ts[tr].max()))
             self._cache.clear()  # one model at a time: bounded memory
             self._cache[key] = (model, iv, cv)
         model, self.item_vocab, self.cat_vocab = self._cache[key]
@@ -666,6 +794,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=d.alpha, help="negatives ∝ popularity^alpha")
     parser.add_argument("--horizon-hours", type=float, default=d.horizon_s / 3600, help="churn horizon")
     parser.add_argument("--max-items", type=int, default=d.max_items, help="item vocabulary capacity")
+    parser.add_argument("--calibrate-frac", type=float, default=d.calibrate_frac,
+                        help="last share of the log's time held out to calibrate the copy/explore "
+                             "mixture (0: no hold-out)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--version", type=int, default=1, help="model version stored in the checkpoint")
@@ -681,14 +812,16 @@ def run_train_command(args: argparse.Namespace) -> int:
               (args.bptt >= 1, "--bptt must be >= 1"), (args.lr > 0, "--lr must be > 0"),
               (args.negatives >= 1, "--negatives must be >= 1"),
               (args.horizon_hours > 0, "--horizon-hours must be > 0"),
-              (args.max_items >= 3, "--max-items must be >= 3")]
+              (args.max_items >= 3, "--max-items must be >= 3"),
+              (0 <= args.calibrate_frac < 1, "--calibrate-frac must be in [0, 1)")]
     for ok, msg in checks:
         if not ok:
             print(f"seqstream train: error: {msg}", file=sys.stderr)
             return 2
     cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, emb=args.emb, ring=args.ring, batch=args.batch,
                       bptt=args.bptt, lr=args.lr, negatives=args.negatives, alpha=args.alpha,
-                      horizon_s=args.horizon_hours * 3600, max_items=args.max_items, seed=args.seed,
+                      horizon_s=args.horizon_hours * 3600, max_items=args.max_items,
+                      calibrate_frac=args.calibrate_frac, seed=args.seed,
                       device=args.device, progress=not args.no_progress)
     report = ErrorReport()
     try:
@@ -705,4 +838,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {ck.meta['events']} events, {ck.meta['users']} users, "
           f"{len(ck.item_vocab) - 2} items, {len(ck.category_vocab) - 2} categories, "
           f"{rate:.0f} events/s, bad rows skipped: {report.count}", file=sys.stderr)
+    cal = ck.meta.get("calibration") or {}
+    if "item_temp" in cal:
+        print(f"calibrated on {cal['item_rows']:.0f} held-out next items: explore temperature "
+              f"{cal['item_temp']:g}, gate shift {cal['item_gate_shift']:+g}, NLL "
+              f"{cal['item_nll_before']:.3f} -> {cal['item_nll_after']:.3f}", file=sys.stderr)
     return 0

@@ -181,6 +181,19 @@ def test_checkpoint_roundtrip(tmp_path):
         a, _ = m.encode(None, items, cats, acts, gaps)
         b, _ = ck.model.encode(None, items, cats, acts, gaps)
     assert torch.equal(a, b) and torch.equal(ck.model.item_valid, m.item_valid)
+    # the fusion calibration travels with the checkpoint; one written before it existed loads
+    # with the neutral values (temperature 1, no gate shift), i.e. as the model it was
+    with torch.no_grad():
+        m.explore_temp.copy_(torch.tensor([3.0, 1.5]))
+        m.gate_shift.copy_(torch.tensor([-0.5, 0.25]))
+    save_checkpoint(path, m, iv, cv, version=7, meta={})
+    ck = load_checkpoint(path, device="cpu")
+    assert ck.model.explore_temp.tolist() == [3.0, 1.5] and ck.model.gate_shift.tolist() == [-0.5, 0.25]
+    blob = torch.load(path, weights_only=True)
+    del blob["state_dict"]["explore_temp"], blob["state_dict"]["gate_shift"]
+    torch.save(blob, path)
+    ck = load_checkpoint(path, device="cpu")
+    assert ck.model.explore_temp.tolist() == [1.0, 1.0] and ck.model.gate_shift.tolist() == [0.0, 0.0]
     torch.save({"format": "something-else"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a seqstream-gru/1"):
         load_checkpoint(tmp_path / "bad.pt")
@@ -208,7 +221,8 @@ def test_top_k_masks_padding_and_unknown():
 
 
 @pytest.mark.parametrize("fusion", ["tiered", "mixture"])
-def test_serving_fast_top_k_equals_full_predict(fusion):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_serving_fast_top_k_equals_full_predict(fusion, calibrated):
     """predict_top_items (serving) must rank and score exactly like predict's full mixture."""
     torch.manual_seed(3)
     cfg = ModelConfig(n_items=300, n_categories=20, hidden=16, emb=8, dropout=0.0, ring=12,
@@ -218,6 +232,9 @@ def test_serving_fast_top_k_equals_full_predict(fusion):
     with torch.no_grad():  # make gates of both signs likely
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
+        if calibrated:
+            model.explore_temp.copy_(torch.tensor([2.5, 0.7]))
+            model.gate_shift.copy_(torch.tensor([0.6, -0.4]))
     B, L = 64, 12
     g = torch.Generator().manual_seed(0)
     items = torch.randint(2, 40, (B, L), generator=g)  # small id range: repeats in the ring

@@ -101,6 +101,51 @@ def test_churn_labels_and_censoring():
     assert b.next_action[0].tolist() == [0, 0, -1]
 
 
+def test_calibration_tempers_an_overconfident_explore_head():
+    """calibrate_fusion fits the explore temperature and gate shift on held-out events by exact
+    NLL: an explore head made 6x overconfident gets a temperature above 1 and a lower NLL."""
+    cfg = TrainConfig(epochs=2, batch=8, lr=1e-2, dropout=0.0, progress=False, vocab_cutoff=None,
+                      hidden=16, emb=16, ring=8, negatives=64, device="cpu", calibrate_frac=0.0)
+    ck = train_model(planted_events(60, 30, seed=5), cfg)
+    a = T.events_to_arrays(planted_events(60, 30, seed=6))  # other users: held out
+    data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
+                        a["action"], a["ts"], a["row"])
+    since = float(np.quantile(data.ts, 0.5))
+    fair = T.calibrate_fusion(ck.model, data, since)
+    with torch.no_grad():
+        ck.model.item_query.weight.mul_(6.0)
+        ck.model.item_query.bias.mul_(6.0)
+        ck.model.item_bias.mul_(6.0)
+    over = T.calibrate_fusion(ck.model, data, since)
+    assert over["item_rows"] > 500
+    assert over["item_temp"] > max(fair["item_temp"], 2.0)
+    assert over["item_nll_after"] < over["item_nll_before"] - 0.2
+    assert ck.model.explore_temp[0].item() == pytest.approx(over["item_temp"])
+    assert ck.model.gate_shift[0].item() == pytest.approx(over["item_gate_shift"])
+
+
+def test_held_out_targets_train_nothing(monkeypatch):
+    """With calibrate_frac, targets in the last part of the log's time weigh 0 in training (they
+    are what the calibration is measured on), and the calibration lands in the checkpoint."""
+    seen = {}
+    real_fit = T.fit_model
+
+    def spy(model, data, cfg, **kw):
+        seen["ts"], seen["weight"] = data.ts.copy(), data.weight.copy()
+        return real_fit(model, data, cfg, **kw)
+
+    monkeypatch.setattr(T, "fit_model", spy)
+    events = planted_events(40, 20, seed=7)
+    cfg = TrainConfig(epochs=1, progress=False, hidden=16, emb=16, ring=8, negatives=64, device="cpu",
+                      calibrate_frac=0.25)
+    ck = train_model(events, cfg)
+    since = np.quantile(T.events_to_arrays(events)["ts"], 0.75)
+    assert (seen["weight"][seen["ts"] >= since] == 0).all()
+    assert (seen["weight"][seen["ts"] < since] > 0).all()
+    cal = ck.meta["calibration"]
+    assert cal["item_rows"] > 50 and ck.model.explore_temp[0].item() == pytest.approx(cal["item_temp"])
+
+
 def test_cutoff_view_drops_items_new_after_cutoff():
     ts = np.arange(10, dtype=np.float64)
     items = np.array([2, 3, 4, 2, 3, 4, 2, 9, 3, 9])
@@ -136,6 +181,9 @@ def test_cli_train_writes_checkpoint(tmp_path, capsys):
     bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "0"])
     assert T.run_train_command(bad) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "seqstream train: error: --epochs must be >= 1"
+    bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--calibrate-frac", "1"])
+    assert T.run_train_command(bad) == 2
+    assert capsys.readouterr().err.strip() == "seqstream train: error: --calibrate-frac must be in [0, 1)"
     missing = parser.parse_args([str(tmp_path / "nope.csv"), "--format", "taobao", "--out", str(out)])
     assert T.run_train_command(missing) == 2
 
