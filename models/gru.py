@@ -355,9 +355,10 @@ class SeqModel(nn.Module):
         self.register_buffer("item_valid", valid_i)
         self.register_buffer("cat_valid", valid_c)
         # fusion calibration, fitted on held-out events after training (models.train.calibrate_fusion):
-        # explore logits are divided by a temperature and the gate logits shifted, per
-        # [item, category]. A sampled-softmax explore head is overconfident about ids it saw a
-        # few times; the copy path it is mixed with is not, and the mixture ranks one against the other.
+        # the context term of the explore logits is divided by a temperature (the popularity-like
+        # bias stays) and the gate logits shifted, per [item, category]. A sampled-softmax explore
+        # head is overconfident about ids it saw a few times; the copy path it is mixed with is
+        # not, and the mixture ranks one against the other.
         self.register_buffer("explore_temp", torch.ones(2))
         self.register_buffer("gate_shift", torch.zeros(2))
         nn.init.normal_(self.item_emb.weight, std=0.05)
@@ -423,15 +424,15 @@ class SeqModel(nn.Module):
         return log_attn, gate + self.gate_shift[1]
 
     def item_explore_logits(self, h: Tensor, candidates: Tensor | None = None) -> Tensor:
-        """Unnormalised explore scores (q(h) . E[v] + b[v]) / T (all items, or `candidates` [K])."""
+        """Unnormalised explore scores q(h) . E[v] / T + b[v] (all items, or `candidates` [K])."""
         q = self.item_query(self.drop(h)) / self.explore_temp[0]
         if candidates is None:
-            return F.linear(q, self.item_emb.weight, self.item_bias / self.explore_temp[0])
-        return F.linear(q, self.item_emb.weight[candidates], self.item_bias[candidates] / self.explore_temp[0])
+            return F.linear(q, self.item_emb.weight, self.item_bias)
+        return F.linear(q, self.item_emb.weight[candidates], self.item_bias[candidates])
 
     def cat_explore_logits(self, h: Tensor) -> Tensor:
         q = self.cat_query(self.drop(h)) / self.explore_temp[1]
-        return F.linear(q, self.cat_emb.weight, self.cat_bias / self.explore_temp[1])
+        return F.linear(q, self.cat_emb.weight, self.cat_bias)
 
     @staticmethod
     def mixture(log_attn: Tensor, gate: Tensor, ring_ids: Tensor, explore_logits: Tensor,
@@ -498,7 +499,7 @@ class SeqModel(nn.Module):
         # invalid rows masked through the bias: one [V] op instead of a [B, V] copy
         t = self.explore_temp[0]
         q = self.item_query(self.drop(h)) / t
-        explore = F.linear(q, self.item_emb.weight, (self.item_bias / t).masked_fill(~valid, NEG_INF))
+        explore = F.linear(q, self.item_emb.weight, self.item_bias.masked_fill(~valid, NEG_INF))
         lse = torch.logsumexp(explore, -1, keepdim=True)
         ls_pos, ls_neg = F.logsigmoid(gate).unsqueeze(-1), F.logsigmoid(-gate).unsqueeze(-1)
         ring_ok = torch.isfinite(log_attn) & valid[ring]  # one entry per distinct valid ring id

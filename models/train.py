@@ -314,8 +314,8 @@ def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
     K, M = len(shared_neg), len(inb)
     t = model.explore_temp[0]
     q = model.item_query(model.drop(h)) / t
-    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target] / t
-    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand] / t)
+    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target]
+    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand])
     log_q = torch.log(K * sampler.q_alpha[cand] + M * sampler.q_pop[cand]).clamp(min=-30)
     o_c = (o_c - log_q).masked_fill(cand.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
     log_z = torch.logsumexp(torch.cat([o_t.unsqueeze(1), o_c], 1), 1)
@@ -477,8 +477,8 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     return {"events_per_s": rates, "item_nll": losses}
 
 
-TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.7, 8.0)
-GATE_SHIFTS = tuple(x / 10 for x in range(-30, 31))
+TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.7, 8.0, 11.0, 16.0, 32.0)
+GATE_SHIFTS = tuple(x / 10 for x in range(-50, 51))
 
 
 @torch.no_grad()
@@ -530,7 +530,7 @@ def calibrate_fusion(model: SeqModel, data: SeqData, since_ts: float, max_rows: 
 
 
 def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: str,
-                  batch_users: int = 64, rows_per_block: int = 256) -> dict[str, Tensor]:
+                  batch_users: int = 64, rows_per_block: int = 64) -> dict[str, Tensor]:
     """Per position (predicting the next event): the copy path's log-prob of the target (-inf
     outside the ring) and gate, and the explore log-softmax of the target at each of
     TEMPERATURES [N, T] (exact: over every valid id)."""
@@ -554,19 +554,23 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
         if task == "item":
             target = torch.as_tensor(data.items, device=model.device)[nxt]
             la, gate = model.copy_item(h, r)
-            ring, logits, valid = r.items, model.item_explore_logits(h), model.item_valid
+            ring, logits, bias, valid = r.items, model.item_explore_logits(h), model.item_bias, model.item_valid
         else:
             target = torch.as_tensor(data.cats, device=model.device)[nxt]
             la, gate = model.copy_category(h, r)
-            ring, logits, valid = r.categories, model.cat_explore_logits(h), model.cat_valid
+            ring, logits, bias, valid = r.categories, model.cat_explore_logits(h), model.cat_bias, model.cat_valid
         hit = (ring == target.unsqueeze(1)) & torch.isfinite(la)
         acc["log_rep"].append(torch.logsumexp(la.masked_fill(~hit, NEG_INF), 1).double())
         acc["gate"].append(gate.double())
-        logits = logits.masked_fill(~valid, NEG_INF)
-        lt = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+        # temperature 1 during calibration: logits = context + bias; only the context is tempered
+        context = logits - bias
+        bias = bias.masked_fill(~valid, NEG_INF)
+        ct = context.gather(1, target.unsqueeze(1)).squeeze(1)
+        bt = bias[target]
         for a in range(0, len(logits), rows_per_block):  # [T, rows, V] one block at a time
-            z = torch.logsumexp(logits[a: a + rows_per_block].unsqueeze(0) / temps, -1)  # [T, rows]
-            acc["log_exp"].append((lt[a: a + rows_per_block].unsqueeze(0) / temps.squeeze(-1) - z).T.double())
+            z = torch.logsumexp(context[a: a + rows_per_block].unsqueeze(0) / temps + bias, -1)  # [T, rows]
+            lt = ct[a: a + rows_per_block].unsqueeze(0) / temps.squeeze(-1) + bt[a: a + rows_per_block]
+            acc["log_exp"].append((lt - z).T.double())
         acc["order"].append(torch.as_tensor(sel))
     order = torch.cat(acc["order"]).argsort()
     out = {k: torch.cat(v)[order] for k, v in acc.items() if k != "order"}
