@@ -418,7 +418,7 @@ def make_optimizer(model: SeqModel, cfg: "TrainConfig") -> torch.optim.Optimizer
     """Adam; the copy heads' few scalar feature weights get `copy_lr_mult` x the learning rate
     (they are shared by every prediction, start at the recency order and must move within the
     one or two epochs a small log allows before the embeddings overfit)."""
-    copy = [p for n, p in model.named_parameters() if "_copy." in n ]
+    copy = [p for n, p in model.named_parameters() if "_copy." in n]
     ids = {id(p) for p in copy}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return torch.optim.Adam([{"params": rest}, {"params": copy, "lr": cfg.lr * cfg.copy_lr_mult}],
