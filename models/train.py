@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -495,11 +495,9 @@ def calibrate_fusion(model: SeqModel, data: SeqData, since_ts: float, max_rows: 
     model.eval()
     model.explore_temp.fill_(1.0)
     model.gate_shift.zero_()
-    nxt = np.arange(len(data)) + 1
-    same = np.zeros(len(data), dtype=bool)
-    same[:-1] = np.diff(np.repeat(np.arange(len(data.users)), data.lengths)) == 0
-    nxt = nxt.clip(max=len(data) - 1)
-    ok = same & (data.ts[nxt] >= since_ts)
+    nxt = np.minimum(np.arange(len(data)) + 1, len(data) - 1)
+    user = np.repeat(np.arange(len(data.users)), data.lengths)
+    ok = (user[nxt] == user) & (nxt > np.arange(len(data))) & (data.ts[nxt] >= since_ts)
     ok_i = ok & (data.items[nxt] > UNKNOWN) & ~(data.item_new[nxt] if data.item_new is not None else False)
     ok_c = ok & (data.cats[nxt] > UNKNOWN) & ~(data.cat_new[nxt] if data.cat_new is not None else False)
     rng = np.random.default_rng(seed)
@@ -534,22 +532,9 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
     """Per position (predicting the next event): the copy path's log-prob of the target (-inf
     outside the ring) and gate, and the explore log-softmax of the target at each of
     TEMPERATURES [N, T] (exact: over every valid id)."""
-    mc = model.cfg
-    user_of = np.searchsorted(data.starts, positions, side="right") - 1
     acc: dict[str, list[Tensor]] = {"log_rep": [], "gate": [], "log_exp": [], "order": []}
     temps = torch.tensor(TEMPERATURES, device=model.device).view(-1, 1, 1)
-    users = np.unique(user_of)
-    for i in range(0, len(users), batch_users):
-        us = users[i: i + batch_users]
-        b = make_batch(data, us, math.inf, math.inf, mc.n_gap_buckets, model.device)
-        hs, _ = model.encode(None, b.items, b.cats, b.actions, b.gaps)
-        rec = recent_windows(b.items, b.cats, b.actions, b.ts, b.mask, mc.ring, mc.n_gap_buckets)
-        sel = np.flatnonzero(np.isin(user_of, us))
-        rows = torch.as_tensor(np.searchsorted(us, user_of[sel]), device=model.device)
-        cols = torch.as_tensor(positions[sel] - data.starts[user_of[sel]], device=model.device)
-        h = hs[rows, cols]
-        r = Recent(rec.items[rows, cols], rec.categories[rows, cols], rec.actions[rows, cols],
-                   rec.age[rows, cols], rec.mask[rows, cols])
+    for sel, h, r in states_at(model, data, positions, batch_users):
         nxt = torch.as_tensor(positions[sel] + 1, device=model.device)
         if task == "item":
             target = torch.as_tensor(data.items, device=model.device)[nxt]
@@ -639,34 +624,40 @@ def train_model(events: Iterable[LogEvent], cfg: TrainConfig) -> Checkpoint:
 # Evaluation ranker
 
 
-@torch.no_grad()
-def predict_at(model: SeqModel, data: SeqData, positions: np.ndarray,
-               batch_users: int = 64) -> dict[str, Tensor]:
-    """Predictions after the events at flat `positions` of `data` (each sees its user's events up
-    to and including that position). Returns CPU tensors in the order of `positions`:
-    item_logits, category_logits, action_logits, churn_logit."""
-    model.eval()
+def states_at(model: SeqModel, data: SeqData, positions: np.ndarray,
+              batch_users: int = 64) -> Iterator[tuple[np.ndarray, Tensor, Recent]]:
+    """The model's state after the events at flat `positions` of `data` (each sees its user's
+    events up to and including that position), a group of users at a time: yields (indices
+    into `positions`, h [n, H], Recent of [n, L])."""
     device, mc = model.device, model.cfg
     user_of = np.searchsorted(data.starts, positions, side="right") - 1
-    out: dict[str, list[Tensor]] = {k: [] for k in ("item", "cat", "action", "churn", "order")}
     users = np.unique(user_of)
     for i in range(0, len(users), batch_users):
         us = users[i: i + batch_users]
         b = make_batch(data, us, math.inf, math.inf, mc.n_gap_buckets, device)
         hs, _ = model.encode(None, b.items, b.cats, b.actions, b.gaps)
         rec = recent_windows(b.items, b.cats, b.actions, b.ts, b.mask, mc.ring, mc.n_gap_buckets)
-        sel = np.isin(user_of, us)
+        sel = np.flatnonzero(np.isin(user_of, us))
         rows = torch.as_tensor(np.searchsorted(us, user_of[sel]), device=device)
         cols = torch.as_tensor(positions[sel] - data.starts[user_of[sel]], device=device)
-        h = hs[rows, cols]
-        r = Recent(rec.items[rows, cols], rec.categories[rows, cols], rec.actions[rows, cols],
-                   rec.age[rows, cols], rec.mask[rows, cols])
+        yield sel, hs[rows, cols], Recent(rec.items[rows, cols], rec.categories[rows, cols],
+                                          rec.actions[rows, cols], rec.age[rows, cols], rec.mask[rows, cols])
+
+
+@torch.no_grad()
+def predict_at(model: SeqModel, data: SeqData, positions: np.ndarray,
+               batch_users: int = 64) -> dict[str, Tensor]:
+    """Predictions after the events at flat `positions` of `data` (see `states_at`). Returns CPU
+    tensors in the order of `positions`: item_logits, category_logits, action_logits, churn_logit."""
+    model.eval()
+    out: dict[str, list[Tensor]] = {k: [] for k in ("item", "cat", "action", "churn", "order")}
+    for sel, h, r in states_at(model, data, positions, batch_users):
         p = model.predict(h, r)
         out["item"].append(p.item_logits.cpu())
         out["cat"].append(p.category_logits.cpu())
         out["action"].append(p.action_logits.cpu())
         out["churn"].append(p.churn_logit.cpu())
-        out["order"].append(torch.as_tensor(np.flatnonzero(sel)))
+        out["order"].append(torch.as_tensor(sel))
     order = torch.cat(out["order"]).argsort()
     return {"item_logits": torch.cat(out["item"])[order], "category_logits": torch.cat(out["cat"])[order],
             "action_logits": torch.cat(out["action"])[order], "churn_logit": torch.cat(out["churn"])[order]}
