@@ -968,7 +968,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             make, fit = factory
             runs = []
             for seed in range(seeds):
-                runs.append(evaluate_data(data, {"gru": make(seed)}, mode, include_baselines=False, fit=fit, **common))
+                runs.append(evaluate_data(data, {"seqstream": make(seed)}, mode, include_baselines=False, fit=fit, **common))
             merged = aggregate_seeds(base, runs) if seeds > 1 else _merge_single(base, runs[0])
             results.append(merged)
 
