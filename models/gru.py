@@ -10,7 +10,8 @@ After each event `predict` gives, for the user's NEXT event:
       p(v) = g * p_repeat(v) + (1 - g) * p_explore(v)
   where p_repeat scores the DISTINCT ids of the user's recent ring of events by generic features
   (recency rank, age, last action, count, time- and event-decayed counts of the id and of its
-  category, carted/bought, same category as the newest event),
+  category, carted/bought, same category as the newest event, how often the user went from the
+  newest id to it and from it to the newest id),
   starting exactly as the "repeat" baseline's most-recent-first order; p_explore is a softmax
   over the whole catalogue through the SHARED item embedding table (pointer-generator style), and
   g is a learned gate. After training, a temperature of the explore logits and a shift of the gate
@@ -69,6 +70,9 @@ class ModelConfig:
     # weights, zero at the start): "how much, and how lately, did the user dwell on it" is the
     # strongest revisit signal, and the clipped count table cannot weigh old against new visits
     copy_decay: bool = True
+    # copy scores also read the user's own transitions around the newest id: how often each ring
+    # id came right after it, and right before it ("A, B, A, B": people compare two items)
+    copy_transitions: bool = True
     dropout: float = 0.25
     n_actions: int = len(ACTIONS)
 
@@ -221,6 +225,22 @@ def decay_weights(age: Tensor, mask: Tensor) -> Tensor:
     return torch.stack(ks, -1) * mask.unsqueeze(-1)
 
 
+TRANSITION_CLIP = 4  # transition counts 0..3 (3 = three or more)
+
+
+def transition_weights(ids: Tensor, mask: Tensor) -> Tensor:
+    """Per-event indicators [..., L, 2] of a right-aligned ring: the event comes right after an
+    occurrence of the newest id, and right before one. Summed over an id's occurrences
+    (ring_features' `weights`) they count the user's own transitions newest -> id and id -> newest."""
+    newest = ids[..., -1:]
+    is_newest = (ids == newest) & mask
+    after = torch.zeros_like(mask)
+    after[..., 1:] = is_newest[..., :-1] & mask[..., 1:]
+    before = torch.zeros_like(mask)
+    before[..., :-1] = is_newest[..., 1:] & mask[..., :-1]
+    return torch.stack([after, before], -1).float()
+
+
 RING_COUNT_BUCKETS = 24  # half-octaves of the ring's event count (rings up to 4096)
 
 
@@ -240,6 +260,8 @@ class CopyHead(nn.Module):
                    + u_g . log(1 + group decayed counts)  of its group, summed with decay kernels
                                                           in events and in seconds; see
                                                           decay_weights)
+                   + table(newest -> id, id -> newest)   (copy_transitions: the user's own
+                                                          transitions; see transition_weights)
                    + q(h) . k(features)                  (context-dependent reweighting)
     All tables, u, u_g and q start at zero, so an untrained head ranks ring ids in recency order. The
     features are generic, so the head transfers across logs instead of learning per-item trivia.
@@ -274,19 +296,21 @@ class CopyHead(nn.Module):
         # decayed-count weights: built from zeros (no RNG draw), so other inits are unchanged
         self.decay_w = nn.Parameter(torch.zeros(N_DECAY)) if cfg.copy_decay else None
         self.group_decay_w = nn.Parameter(torch.zeros(N_DECAY)) if cfg.copy_decay else None
+        self.transition_s = nn.Parameter(torch.zeros(TRANSITION_CLIP ** 2)) if cfg.copy_transitions else None
         n_stats = 4
         self.gate = nn.Sequential(nn.Linear(cfg.hidden + d + n_stats, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, h: Tensor, ids: Tensor, id_emb: Tensor | None, actions: Tensor, age: Tensor,
-                mask: Tensor, groups: Tensor | None = None,
-                explore: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                mask: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """h [N, H]; ring tensors [N, L] (`groups`: e.g. the categories of ring items). Returns
         (log p_repeat over ring positions [N, L]: finite only at each id's newest position, so
-        it is a distribution over the distinct ring ids; gate logit [N]). `explore` [N, L]: the
-        explore head's score of each ring id (what comes next after this context), mixed in with
-        a learned weight, so learned transitions also reorder revisits."""
+        it is a distribution over the distinct ring ids; gate logit [N])."""
         dw = decay_weights(age, mask) if self.decay_w is not None else None
-        f = ring_features(ids, actions, mask, self.max_count, dw)
+        w = dw
+        if self.transition_s is not None:  # summed per id together with the decay kernels
+            tw = transition_weights(ids, mask)
+            w = tw if dw is None else torch.cat([dw, tw], -1)
+        f = ring_features(ids, actions, mask, self.max_count, w)
         latest = f["latest"].bool()
         same = (ids == ids[:, -1:]) & mask
         if groups is not None:
@@ -305,8 +329,11 @@ class CopyHead(nn.Module):
         e = (self.rank_w * torch.log1p(f["rank"].float()) + self.rank_s(rb).squeeze(-1)
              + self.small_s(small).squeeze(-1) + self.age_s(age).squeeze(-1) + self.group_s(g_count).squeeze(-1)
              + (torch.einsum("nd,nld->nl", self.query(h), keys) if self.use_context else 0.0))
+        if self.transition_s is not None:
+            t = f["wsum"][..., -2:].round().long().clamp(max=TRANSITION_CLIP - 1)
+            e = e + self.transition_s[t[..., 0] + TRANSITION_CLIP * t[..., 1]]
         if self.decay_w is not None:
-            e = e + torch.log1p(f["wsum"]) @ self.decay_w
+            e = e + torch.log1p(f["wsum"][..., :N_DECAY]) @ self.decay_w
             if groups is not None:  # the same for the id's group: "the user is back on this kind"
                 e = e + torch.log1p(fg["wsum"]) @ self.group_decay_w
         e = e.masked_fill(~latest, NEG_INF)
@@ -619,7 +646,7 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
     tmp.replace(path)  # atomic: readers never see half a checkpoint
 
 
-LEGACY_CONFIG = {"copy_decay": False}
+LEGACY_CONFIG = {"copy_decay": False, "copy_transitions": False}
 CALIBRATION_KEYS = ("explore_temp", "gate_shift")
 
 

@@ -65,6 +65,7 @@ class TrainConfig:
     copy_context: bool = False  # h-dependent copy scores overfit too (item MRR@20 0.21 -> 0.17)
     fusion: str = "tiered"  # see ModelConfig.fusion
     copy_decay: bool = True  # see ModelConfig.copy_decay
+    copy_transitions: bool = True  # see ModelConfig.copy_transitions
     copy_lr_mult: float = 10.0
     # the last `calibrate_frac` of the log's time trains nothing but calibrates the mixture (see
     # calibrate_fusion); 0 = no hold-out, no calibration
@@ -587,7 +588,8 @@ def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig)
     cv = Vocab.build(data_cats[data_cats >= 0], cfg.max_categories)
     mc = ModelConfig(n_items=len(iv), n_categories=len(cv), hidden=cfg.hidden, emb=cfg.emb,
                      ring=cfg.ring, dropout=cfg.dropout, copy_ids=cfg.copy_ids,
-                     copy_context=cfg.copy_context, fusion=cfg.fusion, copy_decay=cfg.copy_decay)
+                     copy_context=cfg.copy_context, fusion=cfg.fusion, copy_decay=cfg.copy_decay,
+                     copy_transitions=cfg.copy_transitions)
     model = SeqModel(mc)
     model.set_valid(len(iv), len(cv))
     if cfg.pop_prior:

@@ -7,7 +7,7 @@ import torch
 
 from models.gru import (GAP_FIRST, N_DECAY, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
                         decay_weights, gap_bucket, load_checkpoint, recent_windows, ring_features,
-                        save_checkpoint)
+                        save_checkpoint, transition_weights)
 from models.retrieval import top_k
 
 pytestmark = pytest.mark.unit
@@ -144,6 +144,38 @@ def test_decayed_counts_start_at_zero_and_old_checkpoints_load(tmp_path):
         m.item_copy.decay_w[-1] = 5.0
         la, _ = m.copy_item(torch.zeros(1, 16), recent)
     assert la[0, 3] > la[0, 4]
+
+
+def test_transition_counts_around_the_newest_id(tmp_path):
+    """The user's own transitions newest -> id and id -> newest, counted per ring id; padding and
+    the ring's edges count nothing. A learned weight lets "A, B, A, ... A -> B again" reorder the
+    copy scores; untrained, and in checkpoints from before the field, it changes nothing."""
+    ids = torch.tensor([[0, 3, 5, 3, 7, 9, 3]])  # padding, then newest = 3
+    mask = ids > 0
+    w = transition_weights(ids, mask)
+    assert w[0, :, 0].tolist() == [0, 0, 1, 0, 1, 0, 0]  # right after a 3: the 5 and the 7
+    assert w[0, :, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]  # right before a 3: the 5 and the 9
+    f = ring_features(ids, torch.zeros_like(ids), mask, 16, w)
+    assert f["wsum"][0, 2].tolist() == [1.0, 1.0]  # 5: once after, once before the newest id
+
+    m = small_model()
+    items = torch.tensor([[4, 8, 7, 6, 9, 4]])  # 8 followed 4 before; now the user is on 4 again
+    z = torch.zeros_like(items)
+    recent = Recent(items, z + 3, z, torch.full_like(items, 4), items > 0)
+    with torch.no_grad():
+        la, _ = m.copy_item(torch.zeros(1, 16), recent)
+        assert la[0, 4] > la[0, 1]  # untrained: recency order
+        m.item_copy.transition_s[1] = 5.0  # once after the newest id, never before it
+        la, _ = m.copy_item(torch.zeros(1, 16), recent)
+    assert la[0, 1] > la[0, 4] and la[0, 1] > la[0, 3]
+
+    iv, cv = Vocab(np.arange(100, 133), 40), Vocab(np.arange(7, 15), 12)
+    save_checkpoint(tmp_path / "old.pt", small_model(copy_transitions=False), iv, cv, version=1, meta={})
+    blob = torch.load(tmp_path / "old.pt", weights_only=True)
+    del blob["config"]["copy_transitions"]  # as written before the field existed
+    torch.save(blob, tmp_path / "old.pt")
+    ck = load_checkpoint(tmp_path / "old.pt", device="cpu")
+    assert not ck.config.copy_transitions and ck.model.item_copy.transition_s is None
 
 
 def test_gap_bucket():
