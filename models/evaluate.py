@@ -899,7 +899,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--target", choices=("item", "category", "both"), default="item")
     parser.add_argument("--json", action="store_true", help="print JSON (a list when several runs)")
     parser.add_argument("--report", metavar="DIR", help="write report.md and PNG plots to DIR")
-    parser.add_argument("--seeds", type=int, default=1, help="with --train: fit S times (seeds 0..S-1), mean±std")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="with --train: fit S models (seeds 0..S-1) and report mean ± std (default 3: "
+                             "the shared samples are small)")
     parser.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="bad rows: skip or stop")
     parser.add_argument("--churn-horizon-h", type=float, default=DEFAULT_CHURN_HORIZON_S / 3600,
                         help="churn horizon H in hours (default 24)")
@@ -929,6 +931,12 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     """`seqstream evaluate`: returns the process exit code."""
     from models.datasets import BadRow, ErrorReport, read_events
 
+    checks = [(args.seeds >= 1, "--seeds must be >= 1"), (args.chunk_size >= 1, "--chunk-size must be >= 1"),
+              (args.churn_horizon_h > 0, "--churn-horizon-h must be > 0")]
+    for ok, msg in checks:
+        if not ok:
+            print(f"seqstream evaluate: error: {msg}", file=sys.stderr)
+            return 2
     errors = ErrorReport()
     try:
         table = EventTable.from_events(read_events(args.log, args.format, on_error=args.on_error, errors=errors),
@@ -953,7 +961,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             return 2
     modes: list[Mode] = ["frozen", "online"] if args.mode == "both" else [args.mode]
     factory = _model_factory(args)
-    seeds = max(1, args.seeds) if factory and factory[1] else 1
+    seeds = args.seeds if factory and factory[1] else 1
     horizon = args.churn_horizon_h * 3600.0
 
     results = []

@@ -419,6 +419,15 @@ def test_cli_baselines_json(tmp_path, capsys):
     assert (tmp_path / "rep" / "report.md").is_file()
 
 
+@pytest.mark.parametrize("flag, value", [("--seeds", "0"), ("--chunk-size", "0"), ("--churn-horizon-h", "-1")])
+def test_cli_bad_numbers_get_one_line(tmp_path, capsys, flag, value):
+    dump = tmp_path / "log.jsonl"
+    write_jsonl(HAND, dump)
+    assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--train", flag, value)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and flag in err
+
+
 def test_cli_bad_row_stop(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3,pv,10\n1,x,3,pv,11\n")
