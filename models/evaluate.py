@@ -905,7 +905,10 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="bad rows: skip or stop")
     parser.add_argument("--churn-horizon-h", type=float, default=DEFAULT_CHURN_HORIZON_S / 3600,
                         help="churn horizon H in hours (default 24)")
-    parser.add_argument("--chunk-size", type=int, default=512, help="events scored per call")
+    parser.add_argument("--chunk-size", type=int, default=512,
+                        help="test events per step; online mode learns after each step (the worker "
+                             "trains every 200-2,000 samples), so a test period shorter than one "
+                             "chunk scores as in frozen mode")
     return parser
 
 
