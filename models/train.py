@@ -44,7 +44,13 @@ class TrainConfig:
     epochs: int = 1
     lr: float = 3e-3
     weight_decay: float = 0.0
-    batch: int = 8  # users per mini-batch (small: more updates on small logs)
+    batch: int = 8  # users per mini-batch, at least (small: more updates on small logs)
+    # ... and more users while the mini-batch's BPTT chunk holds at most this many event slots:
+    # logs of short sessions (the Taobao time slice: median 1 event per user) would otherwise
+    # train on ~16 events per update (430-730 events/s there; 3.3k with 256). Histories of 32+
+    # events keep `batch` users. 0 = off. 512 halves the updates on taobao_users (item MRR@20
+    # 0.236); 256 and 128 score like off there (BENCHMARKS.md).
+    batch_events: int = 256
     bptt: int = 64  # steps per truncated-BPTT chunk
     negatives: int = 512  # shared sampled negatives per chunk (plus in-batch targets)
     alpha: float = 0.5  # negatives ∝ pop^alpha
@@ -405,12 +411,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def user_batches(data: SeqData, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Groups of users of similar length (little padding), in random order."""
+def user_batches(data: SeqData, batch: int, rng: np.random.Generator, batch_events: int = 0,
+                 bptt: int = 64) -> list[np.ndarray]:
+    """Groups of users of similar length (little padding), in random order.
+
+    A group holds `batch` users, or more while users x padded chunk length (the longest length,
+    at most `bptt`) stays within `batch_events`."""
     lens = data.lengths
     users = np.flatnonzero(lens >= 2)
     users = users[np.argsort(lens[users] + rng.random(len(users)), kind="stable")]
-    groups = [users[i: i + batch] for i in range(0, len(users), batch)]
+    if batch_events <= 0:
+        groups = [users[i: i + batch] for i in range(0, len(users), batch)]
+    else:
+        groups, lo = [], 0
+        chunk = np.minimum(lens[users], bptt)  # ascending, like the users
+        for i in range(1, len(users) + 1):
+            if i == len(users) or (i - lo >= batch and (i + 1 - lo) * chunk[i] > batch_events):
+                groups.append(users[lo:i])
+                lo = i
     rng.shuffle(groups)
     return groups
 
@@ -441,7 +459,8 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     gen.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = optimizer or make_optimizer(model, cfg)
-    n_train = int(np.clip(data.lengths - 1, 0, None).sum())
+    lens = data.lengths
+    n_train = int(lens[lens >= 2].sum())  # the events user_batches walks (the bar counts these)
     rates, losses = [], []
     n_epochs = cfg.epochs if epochs is None else epochs
     model.train()
@@ -450,7 +469,7 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
         bar = tqdm(total=n_train, desc=f"epoch {ep + 1}/{n_epochs}", file=sys.stderr,
                    disable=not cfg.progress, unit="ev", leave=False,
                    mininterval=0.1 if sys.stderr.isatty() else 15.0)  # logs get a line per 15 s
-        for users in user_batches(data, cfg.batch, rng):
+        for users in user_batches(data, cfg.batch, rng, cfg.batch_events, cfg.bptt):
             b = make_batch(data, users, cfg.horizon_s, data_end, model.cfg.n_gap_buckets, device,
                            cfg.known_targets_only)
             h = model.init_hidden(len(users))
@@ -784,7 +803,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=d.hidden)
     parser.add_argument("--emb", type=int, default=d.emb)
     parser.add_argument("--ring", type=int, default=d.ring, help="recent events the copy path sees")
-    parser.add_argument("--batch", type=int, default=d.batch, help="users per mini-batch")
+    parser.add_argument("--batch", type=int, default=d.batch, help="users per mini-batch, at least")
+    parser.add_argument("--batch-events", type=int, default=d.batch_events,
+                        help="add users to a mini-batch while users x chunk length stays within this "
+                             "(short sessions train in larger batches; 0: exactly --batch users)")
     parser.add_argument("--bptt", type=int, default=d.bptt)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--negatives", type=int, default=d.negatives)
@@ -806,6 +828,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     from models.datasets import BadRow, ErrorReport, read_events
     checks = [(args.epochs >= 1, "--epochs must be >= 1"), (args.hidden >= 1, "--hidden must be >= 1"),
               (args.ring >= 1, "--ring must be >= 1"), (args.batch >= 1, "--batch must be >= 1"),
+              (args.batch_events >= 0, "--batch-events must be >= 0"),
               (args.bptt >= 1, "--bptt must be >= 1"), (args.lr > 0, "--lr must be > 0"),
               (args.negatives >= 1, "--negatives must be >= 1"),
               (args.horizon_hours > 0, "--horizon-hours must be > 0"),
@@ -816,6 +839,7 @@ def run_train_command(args: argparse.Namespace) -> int:
             print(f"seqstream train: error: {msg}", file=sys.stderr)
             return 2
     cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, emb=args.emb, ring=args.ring, batch=args.batch,
+                      batch_events=args.batch_events,
                       bptt=args.bptt, lr=args.lr, negatives=args.negatives, alpha=args.alpha,
                       horizon_s=args.horizon_hours * 3600, max_items=args.max_items,
                       calibrate_frac=args.calibrate_frac, seed=args.seed,

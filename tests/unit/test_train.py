@@ -87,6 +87,27 @@ def test_training_uses_shared_negatives(monkeypatch):
     assert calls and all(len(c) == 64 for c in calls)
 
 
+def test_user_batches_fill_an_event_budget_with_short_users():
+    """Short histories share a mini-batch up to `batch_events` slots; long ones keep `batch`
+    users; every user with a next event is in exactly one group; single events train nothing."""
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([np.full(300, 2), np.full(100, 5), np.full(40, 200), np.ones(50, int)])
+    user = np.repeat(np.arange(len(lengths)), lengths)
+    n = len(user)
+    data = make_seqdata(user, np.full(n, 2), np.full(n, 2), np.zeros(n, dtype=np.int64), np.arange(n, dtype=float))
+    groups = T.user_batches(data, 8, rng, batch_events=256, bptt=64)
+    got = np.sort(np.concatenate(groups))
+    assert got.tolist() == np.flatnonzero(data.lengths >= 2).tolist()
+    assert sum(len(g) < 8 for g in groups) <= 1  # only the tail of the length order may be short
+    for g in groups:
+        slots = len(g) * min(int(data.lengths[g].max()), 64)
+        assert slots <= 256 or len(g) <= 8
+    sizes = {int(data.lengths[g].max()): len(g) for g in groups if len(set(data.lengths[g])) == 1}
+    assert sizes[2] == 128 and sizes[200] == 8  # 256 / 2 short users; long users: `batch`
+    plain = T.user_batches(data, 8, np.random.default_rng(0), batch_events=0)
+    assert sorted(len(g) for g in plain)[1:] == [8] * (len(plain) - 1)  # off: `batch` users each
+
+
 def test_churn_labels_and_censoring():
     # one user: events at 0, 10 s, 2 h later; horizon 1 h; data ends 1.5 h after the last event
     ts = np.array([0.0, 10.0, 7210.0])
@@ -184,6 +205,9 @@ def test_cli_train_writes_checkpoint(tmp_path, capsys):
     bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--calibrate-frac", "1"])
     assert T.run_train_command(bad) == 2
     assert capsys.readouterr().err.strip() == "seqstream train: error: --calibrate-frac must be in [0, 1)"
+    bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--batch-events", "-1"])
+    assert T.run_train_command(bad) == 2
+    assert capsys.readouterr().err.strip() == "seqstream train: error: --batch-events must be >= 0"
     missing = parser.parse_args([str(tmp_path / "nope.csv"), "--format", "taobao", "--out", str(out)])
     assert T.run_train_command(missing) == 2
 
