@@ -388,6 +388,11 @@ class SeqModel(nn.Module):
         # not, and the mixture ranks one against the other.
         self.register_buffer("explore_temp", torch.ones(2))
         self.register_buffer("gate_shift", torch.zeros(2))
+        # the same for the next-action head: logits / T + per-action shift, fitted on the held-out
+        # events by NLL (models.train.calibrate_actions). Trained on a few thousand purchases and
+        # carts, the head is overconfident: uncalibrated, its log-loss was above a constant prior's.
+        self.register_buffer("action_temp", torch.ones(1))
+        self.register_buffer("action_shift", torch.zeros(cfg.n_actions))
         nn.init.normal_(self.item_emb.weight, std=0.05)
         nn.init.normal_(self.cat_emb.weight, std=0.05)
         with torch.no_grad():
@@ -492,6 +497,10 @@ class SeqModel(nn.Module):
         out = torch.where(in_ring, rep_part, exp_part).masked_fill(~valid, NEG_INF)
         return torch.log_softmax(out, -1) if tiered else out
 
+    def action_logits(self, h: Tensor) -> Tensor:
+        """Next-action logits [N, 3], calibrated (the training loss reads `action_head` raw)."""
+        return self.action_head(self.drop(h)) / self.action_temp + self.action_shift
+
     def churn_logit(self, h: Tensor, recent: Recent) -> Tensor:
         """P(no event within the horizon) logit [N] from h and the ring's pace."""
         n = recent.mask.sum(-1)
@@ -507,7 +516,7 @@ class SeqModel(nn.Module):
         tiered = self.cfg.fusion == "tiered"
         items = self.mixture(la_i, g_i, recent.items, self.item_explore_logits(h), self.item_valid, tiered)
         cats = self.mixture(la_c, g_c, recent.categories, self.cat_explore_logits(h), self.cat_valid, tiered)
-        return Prediction(items, cats, self.action_head(self.drop(h)), self.churn_logit(h, recent))
+        return Prediction(items, cats, self.action_logits(h), self.churn_logit(h, recent))
 
 
     @torch.no_grad()
@@ -551,7 +560,7 @@ class SeqModel(nn.Module):
             rep, exp_part = rep - norm, exp_part - norm
         values, at = torch.cat([rep, exp_part], -1).topk(k, -1)
         indices = torch.cat([ring, top_i], -1).gather(1, at)
-        return values, indices, self.action_head(self.drop(h)), self.churn_logit(h, recent)
+        return values, indices, self.action_logits(h), self.churn_logit(h, recent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +656,7 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
 
 
 LEGACY_CONFIG = {"copy_decay": False, "copy_transitions": False}
-CALIBRATION_KEYS = ("explore_temp", "gate_shift")
+CALIBRATION_KEYS = ("explore_temp", "gate_shift", "action_temp", "action_shift")
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:

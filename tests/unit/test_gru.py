@@ -218,14 +218,19 @@ def test_checkpoint_roundtrip(tmp_path):
     with torch.no_grad():
         m.explore_temp.copy_(torch.tensor([3.0, 1.5]))
         m.gate_shift.copy_(torch.tensor([-0.5, 0.25]))
+        m.action_temp.fill_(2.0)
+        m.action_shift.copy_(torch.tensor([0.5, 0.0, -0.5]))
     save_checkpoint(path, m, iv, cv, version=7, meta={})
     ck = load_checkpoint(path, device="cpu")
     assert ck.model.explore_temp.tolist() == [3.0, 1.5] and ck.model.gate_shift.tolist() == [-0.5, 0.25]
+    assert ck.model.action_temp.tolist() == [2.0] and ck.model.action_shift.tolist() == [0.5, 0.0, -0.5]
     blob = torch.load(path, weights_only=True)
-    del blob["state_dict"]["explore_temp"], blob["state_dict"]["gate_shift"]
+    for key in ("explore_temp", "gate_shift", "action_temp", "action_shift"):
+        del blob["state_dict"][key]
     torch.save(blob, path)
     ck = load_checkpoint(path, device="cpu")
     assert ck.model.explore_temp.tolist() == [1.0, 1.0] and ck.model.gate_shift.tolist() == [0.0, 0.0]
+    assert ck.model.action_temp.tolist() == [1.0] and ck.model.action_shift.tolist() == [0.0, 0.0, 0.0]
     torch.save({"format": "something-else"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a seqstream-gru/1"):
         load_checkpoint(tmp_path / "bad.pt")

@@ -145,6 +145,52 @@ def test_calibration_tempers_an_overconfident_explore_head():
     assert ck.model.gate_shift[0].item() == pytest.approx(over["item_gate_shift"])
 
 
+def test_action_calibration_tempers_an_overconfident_action_head():
+    """calibrate_actions fits logits / T + shift on held-out next actions by NLL: an action head
+    made 8x overconfident gets T > 2 and a lower NLL, and `action_logits` applies the fit. Too few
+    held-out rows keep the neutral calibration."""
+    cfg = TrainConfig(epochs=2, progress=False, vocab_cutoff=None, hidden=16, emb=16, ring=8,
+                      negatives=64, device="cpu", calibrate_frac=0.0)
+    ck = train_model(planted_events(40, 30, seed=1), cfg)
+    a = T.events_to_arrays(planted_events(60, 40, seed=2))  # other users: held out
+    data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
+                        a["action"], a["ts"], a["row"])
+    since = float(np.quantile(data.ts, 0.3))
+    m = ck.model
+    with torch.no_grad():
+        m.action_head.weight.mul_(8.0)
+        m.action_head.bias.mul_(8.0)
+    cal = T.calibrate_actions(m, data, since, min_rows=200)
+    assert cal["action_rows"] > 1000 and cal["action_temp"] > 2.0
+    assert cal["action_nll_after"] < cal["action_nll_before"] - 0.1
+    h = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.allclose(m.action_logits(h), m.action_head(h) / cal["action_temp"] + m.action_shift)
+    assert T.calibrate_actions(m, data, since, min_rows=10**6) == {"action_rows": cal["action_rows"]}
+    assert m.action_temp.item() == 1.0 and m.action_shift.abs().sum().item() == 0.0
+
+
+def test_held_out_targets_leave_the_action_head_untouched():
+    """Targets of weight 0 (the held-out period) give the action head no gradient."""
+    from models.gru import ModelConfig, SeqModel
+    torch.manual_seed(0)
+    model = SeqModel(ModelConfig(n_items=20, n_categories=6, hidden=8, emb=8, ring=4, action_emb=4, gap_emb=4))
+    n = 12
+    data = make_seqdata(np.repeat([0, 1], 6), np.arange(n) % 10 + 2, np.full(n, 2),
+                        np.arange(n) % 3, np.arange(n, dtype=float) * 60.0)
+    cfg = TrainConfig(w_category=0.0, w_churn=0.0, negatives=8, device="cpu")
+    sampler = NegativeSampler(np.ones(20), 0.5, torch.device("cpu"))
+    grads = []
+    for w in (0.0, 1.0):
+        data.weight = np.full(n, w)
+        b = make_batch(data, np.array([0, 1]), 3600.0, float(data.ts.max()), 48, torch.device("cpu"))
+        model.zero_grad()
+        loss, *_ = T.chunk_loss(model, b, 0, 6, model.init_hidden(2), cfg, sampler, None)
+        loss.backward()
+        grads.append(model.action_head.weight.grad.abs().sum().item())
+    assert grads[0] == 0.0 and grads[1] > 0.0
+
+
 def test_held_out_targets_train_nothing(monkeypatch):
     """With calibrate_frac, targets in the last part of the log's time weigh 0 in training (they
     are what the calibration is measured on), and the calibration lands in the checkpoint."""
