@@ -51,8 +51,8 @@ def main() -> int:
     else:
         from models.datasets import read_events
         events, source = list(read_events(args.log, args.format)), args.log
-    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, batch=args.batch, batch_events=args.batch_events, ring=args.ring,
-                      threads=args.threads, progress=False, vocab_cutoff=None)
+    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, batch=args.batch, batch_events=args.batch_events,
+                      ring=args.ring, threads=args.threads, progress=False, vocab_cutoff=None)
     ck = train_model(events, cfg)
     rates = ck.meta["events_per_s"]
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv))

@@ -503,6 +503,14 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     return {"events_per_s": rates, "item_nll": losses}
 
 
+def _next_event_at_or_after(data: SeqData, since_ts: float) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each event's successor, True where the user has one at or after `since_ts`):
+    the held-out rows the calibrations fit on."""
+    nxt = np.minimum(np.arange(len(data)) + 1, len(data) - 1)
+    user = np.repeat(np.arange(len(data.users)), data.lengths)
+    return nxt, (user[nxt] == user) & (nxt > np.arange(len(data))) & (data.ts[nxt] >= since_ts)
+
+
 TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.7, 8.0, 11.0, 16.0, 32.0)
 GATE_SHIFTS = tuple(x / 10 for x in range(-50, 51))
 
@@ -521,9 +529,7 @@ def calibrate_fusion(model: SeqModel, data: SeqData, since_ts: float, max_rows: 
     model.eval()
     model.explore_temp.fill_(1.0)
     model.gate_shift.zero_()
-    nxt = np.minimum(np.arange(len(data)) + 1, len(data) - 1)
-    user = np.repeat(np.arange(len(data.users)), data.lengths)
-    ok = (user[nxt] == user) & (nxt > np.arange(len(data))) & (data.ts[nxt] >= since_ts)
+    nxt, ok = _next_event_at_or_after(data, since_ts)
     ok_i = ok & (data.items[nxt] > UNKNOWN) & ~(data.item_new[nxt] if data.item_new is not None else False)
     ok_c = ok & (data.cats[nxt] > UNKNOWN) & ~(data.cat_new[nxt] if data.cat_new is not None else False)
     rng = np.random.default_rng(seed)
@@ -564,9 +570,7 @@ def calibrate_actions(model: SeqModel, data: SeqData, since_ts: float, max_rows:
     model.eval()
     model.action_temp.fill_(1.0)
     model.action_shift.zero_()
-    nxt = np.minimum(np.arange(len(data)) + 1, len(data) - 1)
-    user = np.repeat(np.arange(len(data.users)), data.lengths)
-    pos = np.flatnonzero((user[nxt] == user) & (nxt > np.arange(len(data))) & (data.ts[nxt] >= since_ts))
+    pos = np.flatnonzero(_next_event_at_or_after(data, since_ts)[1])
     if len(pos) < min_rows:  # purchases are ~2%: fewer rows fit noise (taobao_users has 120)
         return {"action_rows": float(len(pos))}
     pos = np.sort(np.random.default_rng(seed).choice(pos, min(max_rows, len(pos)), replace=False))
