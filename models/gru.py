@@ -166,35 +166,33 @@ def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int,
     new[:, 1:] = sv[:, 1:] != sv[:, :-1]
     gid_sorted = new.long().cumsum(-1) - 1  # group of each sorted position, 0..L-1
     gid = torch.empty_like(gid_sorted).scatter_(1, perm, gid_sorted)  # group per position
-    flat = gid + L * torch.arange(n, device=dev).unsqueeze(1)
-    fl = flat.reshape(-1)
-    count = torch.bincount(fl, minlength=n * L)[fl].view(n, L)
+    fl = (gid + L * torch.arange(n, device=dev).unsqueeze(1)).reshape(-1)
+    # per-id sums of per-event columns in one pass: occurrences, carts, purchases, then `weights`
+    # (sums of 0/1 columns are exact in float32 for any ring length used here)
+    cols = torch.stack([torch.ones_like(act2), act2 == 1, act2 == 2], -1).reshape(n * L, 3).float()
+    if weights is not None:
+        K = weights.shape[-1]
+        cols = torch.cat([cols, weights.reshape(n * L, K).to(cols.dtype)], 1)
+    sums = torch.zeros_like(cols).index_add_(0, fl, cols).index_select(0, fl).view(n, L, -1)
     pos = torch.arange(L, device=dev).expand(n, L)
     last = torch.full((n * L,), -1, dtype=torch.long, device=dev)
-    last = last.scatter_reduce(0, fl, pos.reshape(-1), "amax", include_self=True)[fl].view(n, L)
-    flags = torch.zeros(n * L, dtype=torch.long, device=dev)
-    a = ((act2 == 1).long() + 2 * (act2 == 2).long()).reshape(-1)
-    # bitwise-or over a group via amax of each bit separately
-    cart = flags.scatter_reduce(0, fl, (a & 1), "amax", include_self=True)[fl].view(n, L)
-    buy = flags.scatter_reduce(0, fl, (a >> 1), "amax", include_self=True)[fl].view(n, L)
+    last = last.scatter_reduce(0, fl, pos.reshape(-1), "amax", include_self=True).index_select(0, fl).view(n, L)
     latest = (last == pos) & m2
     lat = latest.long()
-    newer = lat.flip(-1).cumsum(-1).flip(-1) - lat
+    newer = lat.sum(-1, keepdim=True) - lat.cumsum(-1)  # latest positions after each one
     rank = torch.gather(newer, -1, last.clamp(min=0))
-    zero = torch.zeros_like(count)
+    zero = torch.zeros_like(rank)
+    count = sums[..., 0].long()
     out = {
         "count": torch.where(m2, count.clamp(max=max_count - 1), zero),
         "rank": torch.where(m2, rank.clamp(max=L - 1), zero),
         "latest": lat,
-        "carted": (cart.bool() & m2).long(),
-        "bought": (buy.bool() & m2).long(),
+        "carted": ((sums[..., 1] > 0) & m2).long(),
+        "bought": ((sums[..., 2] > 0) & m2).long(),
     }
     out = {k: v.reshape(shape) for k, v in out.items()}
     if weights is not None:
-        K = weights.shape[-1]
-        w = (weights.reshape(n, L, K) * m2.unsqueeze(-1)).reshape(n * L, K)
-        ws = torch.zeros_like(w).index_add_(0, fl, w)[fl].view(n, L, K)
-        out["wsum"] = (ws * m2.unsqueeze(-1)).reshape(*shape, K)
+        out["wsum"] = (sums[..., 3:] * m2.unsqueeze(-1)).reshape(*shape, weights.shape[-1])
     return out
 
 
@@ -213,16 +211,19 @@ DECAY_SECONDS = (3600.0, 86400.0)
 N_DECAY = len(DECAY_EVENTS) + len(DECAY_SECONDS) + 1  # + no decay: the unclipped count
 
 
-def decay_weights(age: Tensor, mask: Tensor) -> Tensor:
+def decay_weights(age: Tensor, mask: Tensor, n_age_buckets: int = 48) -> Tensor:
     """Per-event decay kernels [..., L, N_DECAY] of a right-aligned ring: 2^(-d/hl) for the
     distance d (in events) from the newest event, 2^(-s/hl) for its age s in seconds (the middle
-    of its age bucket, which is all the ring keeps), and 1 (summed: the unclipped count)."""
+    of its age bucket, which is all the ring keeps), and 1 (summed: the unclipped count).
+    Both kinds are tables (per ring position, per age bucket), broadcast rather than recomputed."""
     L = mask.shape[-1]
-    d = (L - 1 - torch.arange(L, device=mask.device, dtype=torch.float32)).expand(mask.shape)
-    sec = torch.pow(2.0, (age.float() - 1.5) / 2.0) - 1.0  # inverse of gap_bucket, mid-bucket
-    ks = [torch.pow(2.0, -d / hl) for hl in DECAY_EVENTS] + [torch.pow(2.0, -sec / hl) for hl in DECAY_SECONDS]
-    ks.append(torch.ones_like(d))
-    return torch.stack(ks, -1) * mask.unsqueeze(-1)
+    d = (L - 1 - torch.arange(L, device=mask.device, dtype=torch.float32)).unsqueeze(-1)
+    by_distance = torch.pow(2.0, -d / torch.tensor(DECAY_EVENTS, device=mask.device))  # [L, 3]
+    b = torch.arange(n_age_buckets, device=mask.device, dtype=torch.float32).unsqueeze(-1)
+    sec = torch.pow(2.0, (b - 1.5) / 2.0) - 1.0  # inverse of gap_bucket, mid-bucket
+    by_age = torch.pow(2.0, -sec / torch.tensor(DECAY_SECONDS, device=mask.device))  # [buckets, 2]
+    m = mask.unsqueeze(-1).float()
+    return torch.cat([by_distance.expand(*mask.shape, -1) * m, F.embedding(age, by_age) * m, m], -1)
 
 
 TRANSITION_CLIP = 4  # transition counts 0..3 (3 = three or more)
@@ -239,6 +240,20 @@ def transition_weights(ids: Tensor, mask: Tensor) -> Tensor:
     before = torch.zeros_like(mask)
     before[..., :-1] = is_newest[..., 1:] & mask[..., :-1]
     return torch.stack([after, before], -1).float()
+
+
+def row_lookup(table: Tensor, idx: Tensor) -> Tensor:
+    """table[idx] for a 1-D table and ring indices [N, L]. A gather over the table broadcast to
+    [N, R]: its backward is one scatter per row, where embedding's backward or indexing's walks
+    N * L indices one by one (10x slower on CPU at N * L ~ 10^5)."""
+    return torch.gather(table.expand(idx.shape[0], -1), 1, idx)
+
+
+def pooled_rows(table: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
+    """sum_l weights[n, l] * table[idx[n, l]] -> [N, D], through the weight each table row gets,
+    without building the [N, L, D] lookup."""
+    per_row = torch.zeros(idx.shape[0], table.shape[0], dtype=weights.dtype, device=weights.device)
+    return per_row.scatter_add(1, idx, weights) @ table
 
 
 RING_COUNT_BUCKETS = 24  # half-octaves of the ring's event count (rings up to 4096)
@@ -274,6 +289,7 @@ class CopyHead(nn.Module):
         super().__init__()
         d = cfg.attn
         self.max_count = cfg.max_count
+        self.n_age_buckets = cfg.n_gap_buckets
         self.action_n = cfg.n_actions
         self.use_ids = cfg.copy_ids
         self.n_flags = 16
@@ -300,12 +316,17 @@ class CopyHead(nn.Module):
         n_stats = 4
         self.gate = nn.Sequential(nn.Linear(cfg.hidden + d + n_stats, d), nn.Tanh(), nn.Linear(d, 1))
 
-    def forward(self, h: Tensor, ids: Tensor, id_emb: Tensor | None, actions: Tensor, age: Tensor,
+    def forward(self, h: Tensor, ids: Tensor, id_table: Tensor | None, actions: Tensor, age: Tensor,
                 mask: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """h [N, H]; ring tensors [N, L] (`groups`: e.g. the categories of ring items). Returns
-        (log p_repeat over ring positions [N, L]: finite only at each id's newest position, so
-        it is a distribution over the distinct ring ids; gate logit [N])."""
-        dw = decay_weights(age, mask) if self.decay_w is not None else None
+        """h [N, H]; ring tensors [N, L] (`groups`: e.g. the categories of ring items); `id_table`:
+        the id embeddings [V, E] (row 0 padding). Returns (log p_repeat over ring positions [N, L]:
+        finite only at each id's newest position, so it is a distribution over the distinct ring
+        ids; gate logit [N]).
+
+        The keys k(l) = rank_k[rank] + small_k[small] + age_k[age] + W id_table[id] enter only
+        through q(h) . k(l) and the attention-pooled key, so neither builds [N, L, d]: tables are
+        scored or pooled per row (row_lookup, pooled_rows), which keeps training's backward cheap."""
+        dw = decay_weights(age, mask, self.n_age_buckets) if self.decay_w is not None else None
         w = dw
         if self.transition_s is not None:  # summed per id together with the decay kernels
             tw = transition_weights(ids, mask)
@@ -322,16 +343,24 @@ class CopyHead(nn.Module):
             g_count = torch.zeros_like(f["count"])
         flags = f["carted"] + 2 * f["bought"] + 4 * same.long() + 8 * same_g.long()
         small = actions + self.action_n * (f["count"] + self.max_count * flags)
-        rb = rank_bucket(f["rank"])
-        keys = self.rank_k(rb) + self.small_k(small) + self.age_k(age)
-        if self.id_proj is not None and id_emb is not None:
-            keys = keys + self.id_proj(id_emb)
-        e = (self.rank_w * torch.log1p(f["rank"].float()) + self.rank_s(rb).squeeze(-1)
-             + self.small_s(small).squeeze(-1) + self.age_s(age).squeeze(-1) + self.group_s(g_count).squeeze(-1)
-             + (torch.einsum("nd,nld->nl", self.query(h), keys) if self.use_context else 0.0))
+        L = ids.shape[-1]  # ranks are < L: bucket them through a table of L entries
+        rb = rank_bucket(torch.arange(L, device=ids.device)).index_select(0, f["rank"].reshape(-1)).view_as(ids)
+        key_tables = ((self.rank_k.weight, rb), (self.small_k.weight, small), (self.age_k.weight, age))
+        use_ids = self.id_proj is not None and id_table is not None
+        e = (self.rank_w * torch.log1p(f["rank"].float()) + row_lookup(self.rank_s.weight[:, 0], rb)
+             + row_lookup(self.small_s.weight[:, 0], small) + row_lookup(self.age_s.weight[:, 0], age)
+             + row_lookup(self.group_s.weight[:, 0], g_count))
+        id_emb = None
+        if self.use_context:
+            q = self.query(h)
+            for table, idx in key_tables:
+                e = e + row_lookup(q @ table.t(), idx)
+            if use_ids:  # q . W E[id] = (W^T q) . E[id]
+                id_emb = F.embedding(ids, id_table, padding_idx=PAD)
+                e = e + torch.einsum("ne,nle->nl", q @ self.id_proj.weight, id_emb)
         if self.transition_s is not None:
-            t = f["wsum"][..., -2:].round().long().clamp(max=TRANSITION_CLIP - 1)
-            e = e + self.transition_s[t[..., 0] + TRANSITION_CLIP * t[..., 1]]
+            t = f["wsum"][..., -2:].long().clamp(max=TRANSITION_CLIP - 1)  # exact integer sums
+            e = e + row_lookup(self.transition_s, t[..., 0] + TRANSITION_CLIP * t[..., 1])
         if self.decay_w is not None:
             e = e + torch.log1p(f["wsum"][..., :N_DECAY]) @ self.decay_w
             if groups is not None:  # the same for the id's group: "the user is back on this kind"
@@ -340,7 +369,12 @@ class CopyHead(nn.Module):
         any_valid = mask.any(-1, keepdim=True)
         log_attn = torch.log_softmax(torch.where(any_valid, e, torch.zeros_like(e)), -1)
         log_attn = log_attn.masked_fill(~latest, NEG_INF)
-        pooled = torch.einsum("nl,nld->nd", log_attn.exp(), keys)
+        attn = log_attn.exp()
+        pooled = sum(pooled_rows(table, idx, attn) for table, idx in key_tables)
+        if use_ids:
+            pooled_id = (torch.einsum("nl,nle->ne", attn, id_emb) if id_emb is not None else
+                         F.embedding_bag(ids, id_table, per_sample_weights=attn, mode="sum", padding_idx=PAD))
+            pooled = pooled + self.id_proj(pooled_id)
         n_valid = mask.sum(-1).float()
         n_distinct = f["latest"].sum(-1).float()
         stats = torch.stack([torch.log1p(n_valid) / 5.0, n_distinct / n_valid.clamp(min=1.0),
@@ -445,14 +479,14 @@ class SeqModel(nn.Module):
     # ---- heads -------------------------------------------------------------------------------
 
     def copy_item(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
-        emb = self.item_emb(recent.items) if self.cfg.copy_ids else None
-        log_attn, gate = self.item_copy(h, recent.items, emb, recent.actions, recent.age, recent.mask,
+        table = self.item_emb.weight if self.cfg.copy_ids else None
+        log_attn, gate = self.item_copy(h, recent.items, table, recent.actions, recent.age, recent.mask,
                                         groups=recent.categories)
         return log_attn, gate + self.gate_shift[0]
 
     def copy_category(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
-        emb = self.cat_emb(recent.categories) if self.cfg.copy_ids else None
-        log_attn, gate = self.cat_copy(h, recent.categories, emb, recent.actions, recent.age, recent.mask)
+        table = self.cat_emb.weight if self.cfg.copy_ids else None
+        log_attn, gate = self.cat_copy(h, recent.categories, table, recent.actions, recent.age, recent.mask)
         return log_attn, gate + self.gate_shift[1]
 
     def item_explore_logits(self, h: Tensor, candidates: Tensor | None = None) -> Tensor:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.gru import (GAP_FIRST, N_DECAY, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
-                        decay_weights, gap_bucket, load_checkpoint, recent_windows, ring_features,
-                        save_checkpoint, transition_weights)
+                        decay_weights, gap_bucket, load_checkpoint, pooled_rows, recent_windows,
+                        ring_features, row_lookup, save_checkpoint, transition_weights)
 from models.retrieval import top_k
 
 pytestmark = pytest.mark.unit
@@ -105,6 +105,47 @@ def test_ring_features():
     assert f["rank"].tolist() == [[0, 1, 2, 1, 0]]  # 7 newest, then 5, then 6
     assert f["latest"].tolist() == [[0, 0, 1, 1, 1]]
     assert f["carted"].tolist() == [[0, 1, 0, 1, 0]] and f["bought"].tolist() == [[0, 0, 0, 0, 1]]
+
+
+def test_table_lookups_without_materialising_equal_plain_indexing():
+    """The copy head scores and pools its feature tables per row instead of building [N, L, d];
+    values and gradients must equal plain indexing."""
+    g = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 9, (5, 7), generator=g)
+    w = torch.rand(5, 7, generator=g, requires_grad=True)
+    table = torch.randn(9, 4, generator=g, requires_grad=True)
+    col = torch.randn(9, generator=g, requires_grad=True)
+    pooled = pooled_rows(table, idx, w)
+    looked = row_lookup(col, idx)
+    up = torch.randn(5, 4, generator=g)
+    uc = torch.randn(5, 7, generator=g)
+    grads = torch.autograd.grad((pooled * up).sum() + (looked * uc).sum(), (table, col, w))
+    ref_pooled = (w.unsqueeze(-1) * table[idx]).sum(1)
+    ref_looked = col[idx]
+    ref = torch.autograd.grad((ref_pooled * up).sum() + (ref_looked * uc).sum(), (table, col, w))
+    assert torch.allclose(pooled, ref_pooled, atol=1e-6) and torch.equal(looked, ref_looked)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_copy_head_pools_ids_alike_with_and_without_context():
+    """With a zero query (as at init) the context term is zero, so the two ways of pooling the id
+    embeddings (a materialised lookup with context, embedding_bag without) must agree, gradients
+    included."""
+    outs = []
+    for ctx in (False, True):
+        m = small_model(copy_context=ctx).train()
+        m.drop.p = 0.0
+        items, cats, acts, gaps = random_seq(m, 4, 6)
+        recent = Recent(items, cats, acts, gaps, items > 0)
+        recent.mask[0, :3] = False
+        h = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
+        la, gate = m.copy_item(h, recent)
+        (la.clamp(min=-30).sum() + gate.pow(2).sum()).backward()
+        outs.append((la.detach(), gate.detach(), m.item_emb.weight.grad.clone()))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert outs[0][2].abs().sum() > 0  # the id embeddings do get a gradient through the gate
 
 
 def test_ring_features_weighted_sums_and_decay_kernels():
