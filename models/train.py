@@ -72,6 +72,8 @@ class TrainConfig:
     fusion: str = "tiered"  # see ModelConfig.fusion
     copy_decay: bool = True  # see ModelConfig.copy_decay
     copy_transitions: bool = True  # see ModelConfig.copy_transitions
+    cat_successors: int = 32  # see ModelConfig.cat_successors (0: off)
+    cat_history_first: bool = True  # see ModelConfig.cat_history_first
     copy_lr_mult: float = 10.0
     # the last `calibrate_frac` of the log's time trains nothing but calibrates the mixture (see
     # calibrate_fusion); 0 = no hold-out, no calibration
@@ -331,13 +333,16 @@ def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
     return torch.where(in_ring, torch.logaddexp(F.logsigmoid(gate) + log_rep, lp_exp), lp_exp)
 
 
-def category_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor) -> Tensor:
+def category_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
+                      counted: bool = False) -> Tensor:
     """log p(target) [N] under `SeqModel.mixture` (plain fusion) without building the mixture
     over every category: the target's own terms and one logsumexp (a unit test holds the two
-    equal). The full [N, V] mixture and its backward were a large share of training time."""
+    equal). The full [N, V] mixture and its backward were a large share of training time.
+    `counted`: the rows' transitions are in the model's successor counts (leave them out)."""
     la, g = model.copy_category(h, recent)
     valid = model.cat_valid
-    logits = model.cat_explore_logits(h).masked_fill(~valid, float("-inf"))
+    own = target if counted else None
+    logits = model.cat_explore_logits(h, recent.categories[:, -1], own).masked_fill(~valid, float("-inf"))
     log_exp = logits.gather(1, target.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, 1)
     # each distinct ring id has one finite copy score (its newest position)
     hit = (recent.categories == target.unsqueeze(1)) & torch.isfinite(la)
@@ -357,8 +362,10 @@ class LossParts:
 
 
 def chunk_loss(model: SeqModel, batch: Batch, s: int, e: int, h0: Tensor, cfg: TrainConfig,
-               sampler: NegativeSampler, gen: torch.Generator | None) -> tuple[Tensor, Tensor, float, int]:
-    """Loss of steps s..e-1 of a batch; returns (loss, h at the chunk end, item nll, n items)."""
+               sampler: NegativeSampler, gen: torch.Generator | None,
+               counted: bool = False) -> tuple[Tensor, Tensor, float, int]:
+    """Loss of steps s..e-1 of a batch; returns (loss, h at the chunk end, item nll, n items).
+    `counted`: the batch comes from the log the model's successor counts were taken from."""
     mc = model.cfg
     sl = slice(s, e)
     out, h_end = model.encode(h0, batch.items[:, sl], batch.cats[:, sl], batch.actions[:, sl],
@@ -382,7 +389,7 @@ def chunk_loss(model: SeqModel, batch: Batch, s: int, e: int, h0: Tensor, cfg: T
     tc = batch.next_cat[:, sl]
     selc = batch.mask[:, sl] & (tc > UNKNOWN)
     if selc.any() and cfg.w_category > 0:
-        lp = category_log_prob(model, out[selc], flat_recent(recent, selc), tc[selc])
+        lp = category_log_prob(model, out[selc], flat_recent(recent, selc), tc[selc], counted)
         total = total + cfg.w_category * -(lp * nw[selc] if nw is not None else lp).mean()
     ta = batch.next_action[:, sl]
     sela = batch.mask[:, sl] & (ta >= 0)
@@ -452,8 +459,9 @@ def make_optimizer(model: SeqModel, cfg: "TrainConfig") -> torch.optim.Optimizer
 
 def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: float | None = None,
               item_counts: np.ndarray | None = None, epochs: int | None = None,
-              optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Train `model` in place on sequences; returns stats (events/s per epoch, last losses)."""
+              optimizer: torch.optim.Optimizer | None = None, counted: bool = False) -> dict[str, Any]:
+    """Train `model` in place on sequences; returns stats (events/s per epoch, last losses).
+    `counted`: `data` is the log the model's category successor counts were taken from."""
     device = model.device
     if device.type == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -482,7 +490,7 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
             T = b.items.shape[1]
             for s in range(0, T, cfg.bptt):
                 e = min(T, s + cfg.bptt)
-                loss, h, nll, n = chunk_loss(model, b, s, e, h, cfg, sampler, gen)
+                loss, h, nll, n = chunk_loss(model, b, s, e, h, cfg, sampler, gen, counted)
                 h = h.detach()
                 if loss.requires_grad:  # a chunk may hold no targets (e.g. only last events)
                     opt.zero_grad(set_to_none=True)
@@ -620,16 +628,20 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
             target = torch.as_tensor(data.cats, device=model.device)[nxt]
             la, gate = model.copy_category(h, r)
             ring, logits, bias, valid = r.categories, model.cat_explore_logits(h), model.cat_bias, model.cat_valid
+            # the successor term stays untempered, like the bias (the held-out transitions are
+            # among the counted ones: each row's own is left out)
+            succ = model.cat_successor_scores(r.categories[:, -1], target)
+            bias, logits = bias + succ, logits + succ
         hit = (ring == target.unsqueeze(1)) & torch.isfinite(la)
         acc["log_rep"].append(torch.logsumexp(la.masked_fill(~hit, NEG_INF), 1).double())
         acc["gate"].append(gate.double())
         # temperature 1 during calibration: logits = context + bias; only the context is tempered
         context = logits - bias
-        bias = bias.masked_fill(~valid, NEG_INF)
+        bias = bias.masked_fill(~valid, NEG_INF).expand(len(logits), -1)  # [rows, V]
         ct = context.gather(1, target.unsqueeze(1)).squeeze(1)
-        bt = bias[target]
+        bt = bias.gather(1, target.unsqueeze(1)).squeeze(1)
         for a in range(0, len(logits), rows_per_block):  # [T, rows, V] one block at a time
-            z = torch.logsumexp(context[a: a + rows_per_block].unsqueeze(0) / temps + bias, -1)  # [T, rows]
+            z = torch.logsumexp(context[a: a + rows_per_block].unsqueeze(0) / temps + bias[a: a + rows_per_block], -1)
             lt = ct[a: a + rows_per_block].unsqueeze(0) / temps.squeeze(-1) + bt[a: a + rows_per_block]
             acc["log_exp"].append((lt - z).T.double())
         acc["order"].append(torch.as_tensor(sel))
@@ -639,19 +651,44 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
     return out
 
 
+def category_successors(data: SeqData, n_categories: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per category, its `top` most frequent next categories over consecutive events of a user,
+    and their counts: ([n_categories, top] ids, 0 where there are fewer; counts as float32).
+    Repeats count too, as in the item-kNN baseline; ties go to the smaller id."""
+    ids = np.zeros((n_categories, top), dtype=np.int64)
+    counts = np.zeros((n_categories, top), dtype=np.float32)
+    if top == 0 or len(data) < 2:
+        return ids, counts
+    user = np.repeat(np.arange(len(data.users)), data.lengths)
+    a, b = data.cats[:-1], data.cats[1:]
+    pair = (user[:-1] == user[1:]) & (a > UNKNOWN) & (b > UNKNOWN)
+    pairs, n = np.unique(a[pair] * n_categories + b[pair], return_counts=True)
+    src, dst = pairs // n_categories, pairs % n_categories
+    order = np.lexsort((dst, -n, src))
+    src, dst, n = src[order], dst[order], n[order]
+    first = np.r_[0, np.flatnonzero(src[1:] != src[:-1]) + 1]
+    rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
+    keep = rank < top
+    ids[src[keep], rank[keep]] = dst[keep]
+    counts[src[keep], rank[keep]] = n[keep]
+    return ids, counts
+
+
 def fit_calibrated(model: SeqModel, data: SeqData, cfg: TrainConfig, data_end: float) -> dict[str, Any]:
     """Train on `training_views(data)` with the last `calibrate_frac` of the log's time held out
     as targets (still context), then `calibrate_fusion` on it. Returns fit_model's stats plus
     the calibration."""
+    ids, counts = category_successors(data, model.cfg.n_categories, model.cfg.cat_successors)
+    model.set_category_successors(torch.as_tensor(ids), torch.as_tensor(counts))
     views = training_views(data, cfg)
     if not cfg.calibrate_frac or len(data) < 2:
-        return {**fit_model(model, views, cfg, data_end=data_end), "trained_events": len(views)}
+        return {**fit_model(model, views, cfg, data_end=data_end, counted=True), "trained_events": len(views)}
     qn = 1.0 - cfg.calibrate_frac
     since = float(np.quantile(data.ts, qn))
     w = views.weight if views.weight is not None else np.ones(len(views))
     # the weight of an event is its weight as a target: held-out targets teach nothing
     views.weight = np.where(views.ts < since, w, 0.0)
-    stats = fit_model(model, views, cfg, data_end=data_end)
+    stats = fit_model(model, views, cfg, data_end=data_end, counted=True)
     stats["trained_events"] = len(views)
     # the held-out period seen as after a deployment: its ids unknown before `since` dropped
     held_out = cutoff_view(data, qn)
@@ -666,7 +703,8 @@ def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig)
     mc = ModelConfig(n_items=len(iv), n_categories=len(cv), hidden=cfg.hidden, emb=cfg.emb,
                      ring=cfg.ring, dropout=cfg.dropout, copy_ids=cfg.copy_ids,
                      copy_context=cfg.copy_context, fusion=cfg.fusion, copy_decay=cfg.copy_decay,
-                     copy_transitions=cfg.copy_transitions)
+                     copy_transitions=cfg.copy_transitions, cat_successors=cfg.cat_successors,
+                     cat_history_first=cfg.cat_history_first)
     model = SeqModel(mc)
     model.set_valid(len(iv), len(cv))
     if cfg.pop_prior:

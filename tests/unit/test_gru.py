@@ -334,3 +334,19 @@ def test_serving_fast_top_k_equals_full_predict(fusion, calibrated):
     assert torch.equal(got_i[torch.isfinite(want_v)], want_i[torch.isfinite(want_v)])
     torch.testing.assert_close(actions, full.action_logits)
     torch.testing.assert_close(churn, full.churn_logit)
+
+
+def test_history_first_keeps_the_ring_above_new_ids_whatever_the_gate():
+    """Tiered fusion lets a strong explore score outrank the ring where the gate is below 0.5;
+    with history_first (the category default) every ring id stays above every new one."""
+    ring = torch.tensor([[3, 4]])
+    log_attn = torch.log(torch.tensor([[0.3, 0.7]]))
+    explore = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 6.0]])  # id 5: a sharp "new" guess
+    valid = torch.tensor([False, False, True, True, True, True])
+    gate = torch.tensor([-1.0])  # the gate favours something new
+    tiered = SeqModel.mixture(log_attn, gate, ring, explore, valid, tiered=True)
+    assert tiered[0].argmax() == 5
+    first = SeqModel.mixture(log_attn, gate, ring, explore, valid, tiered=True, history_first=True)
+    assert first[0].argsort(descending=True)[:3].tolist() == [4, 3, 5]  # ring order kept, then 5
+    assert torch.isclose(first[0].exp()[valid].sum(), torch.tensor(1.0))  # still a distribution
+    assert SeqModel(ModelConfig(n_items=10, n_categories=8)).cfg.cat_history_first

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models.train as T
-from models.gru import load_checkpoint
+from models.gru import ModelConfig, Recent, SeqModel, load_checkpoint, save_checkpoint
 from models.schema import ACTIONS, LogEvent
 from models.train import (NegativeSampler, TrainConfig, cutoff_view, make_batch,
                           make_seqdata, predict_at, train_model)
@@ -172,7 +172,6 @@ def test_action_calibration_tempers_an_overconfident_action_head():
 
 def test_held_out_targets_leave_the_action_head_untouched():
     """Targets of weight 0 (the held-out period) give the action head no gradient."""
-    from models.gru import ModelConfig, SeqModel
     torch.manual_seed(0)
     model = SeqModel(ModelConfig(n_items=20, n_categories=6, hidden=8, emb=8, ring=4, action_emb=4, gap_emb=4))
     n = 12
@@ -261,10 +260,10 @@ def test_cli_train_writes_checkpoint(tmp_path, capsys):
 def test_category_log_prob_equals_the_full_mixture_with_gradients():
     """The training shortcut must give exactly the mixture's log p(target), and the same
     gradients, for targets in the ring, outside it, and users with an empty ring."""
-    from models.gru import ModelConfig, Recent, SeqModel
 
     torch.manual_seed(0)
-    model = SeqModel(ModelConfig(n_items=50, n_categories=30, hidden=16, emb=8, dropout=0.0, ring=10))
+    model = SeqModel(ModelConfig(n_items=50, n_categories=30, hidden=16, emb=8, dropout=0.0, ring=10,
+                                 cat_successors=4))
     model.set_valid(50, 25)  # categories 25..29 unused
     with torch.no_grad():
         for p in model.parameters():
@@ -280,10 +279,15 @@ def test_category_log_prob_equals_the_full_mixture_with_gradients():
     target = torch.randint(2, 25, (N,), generator=g)
     target[4:14] = cats[4:14, -1].clamp(min=2)  # some surely in the ring
     h = torch.randn(N, 16, generator=g)
+    # successor counts of the newest category: distinct ids per row, 0 = none
+    succ = torch.stack([torch.randperm(23, generator=g)[:4] + 2 for _ in range(30)])
+    succ[:, 3] = 0
+    model.set_category_successors(succ, torch.randint(1, 9, (30, 4), generator=g).float() * (succ > 0))
 
     def full():
         la, gate = model.copy_category(h, recent)
-        logp = model.mixture(la, gate, recent.categories, model.cat_explore_logits(h), model.cat_valid)
+        logits = model.cat_explore_logits(h, recent.categories[:, -1])
+        logp = model.mixture(la, gate, recent.categories, logits, model.cat_valid)
         return logp.gather(1, target.unsqueeze(1)).squeeze(1)
 
     def grads(fn):
@@ -298,3 +302,60 @@ def test_category_log_prob_equals_the_full_mixture_with_gradients():
     assert set(got_g) == set(want_g)
     for name in want_g:
         torch.testing.assert_close(got_g[name], want_g[name], atol=1e-5, rtol=1e-4)
+
+
+def test_category_successors_count_within_users_and_keep_the_top():
+    """Successor counts of consecutive events of one user (never across users, never from or to
+    padding/unknown), the most frequent first, ties to the smaller id."""
+    user = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    cats = np.array([2, 3, 2, 3, 4, 3, 1, 2])  # user 1: 3 -> unknown -> 2 counts nothing
+    n = len(user)
+    data = make_seqdata(user, np.full(n, 2), cats, np.zeros(n, dtype=np.int64), np.arange(n, dtype=float))
+    ids, counts = T.category_successors(data, 6, 2)
+    assert ids[2].tolist() == [3, 0] and counts[2].tolist() == [2.0, 0.0]
+    assert ids[3].tolist() == [2, 4] and counts[3].tolist() == [1.0, 1.0]  # tie: smaller id first
+    assert not ids[1].any() and not ids[4].any() and not counts[5].any()  # nothing after 4 (user 0's last)
+    ids1, counts1 = T.category_successors(data, 6, 1)
+    assert ids1[3].tolist() == [2]  # top 1 of a tie
+
+
+def test_successor_scores_leave_the_rows_own_transition_out():
+    m = SeqModel(ModelConfig(n_items=10, n_categories=8, hidden=4, emb=4, ring=3, cat_successors=2))
+    m.set_category_successors(torch.tensor([[0, 0]] * 2 + [[3, 5]] + [[0, 0]] * 5),
+                              torch.tensor([[0.0, 0.0]] * 2 + [[1.0, 4.0]] + [[0.0, 0.0]] * 5))
+    assert not m.cat_successor_scores(torch.tensor([2])).any()  # the weight starts at zero
+    with torch.no_grad():
+        m.cat_succ_w.fill_(1.0)
+    newest = torch.tensor([2, 2, 4])
+    s = m.cat_successor_scores(newest)
+    assert torch.allclose(s[0, [3, 5]], torch.log1p(torch.tensor([1.0, 4.0]))) and s[0].count_nonzero() == 2
+    assert not s[2].any()  # a category with no successors
+    own = m.cat_successor_scores(newest, own=torch.tensor([5, 3, 3]))
+    assert torch.allclose(own[0, [3, 5]], torch.log1p(torch.tensor([1.0, 3.0])))  # 5's count less one
+    assert own[1, 3] == 0 and torch.isclose(own[1, 5], torch.log1p(torch.tensor(4.0)))
+    # the predictions read the newest ring category
+    recent = Recent(torch.tensor([[4, 5, 6]]), torch.tensor([[4, 3, 2]]), torch.zeros(1, 3, dtype=torch.long),
+                    torch.tensor([[6, 4, 2]]), torch.ones(1, 3, dtype=torch.bool))
+    h = torch.zeros(1, 4)
+    with torch.no_grad():
+        plain = m.cat_explore_logits(h)
+        assert torch.allclose(m.cat_explore_logits(h, recent.categories[:, -1]) - plain, s[:1])
+
+
+def test_training_sets_the_successor_table_and_checkpoints_carry_it(tmp_path):
+    events = planted_events(n_users=30, length=12, seed=3)
+    ck = train_model(events, TrainConfig(epochs=1, progress=False, hidden=16, emb=8, ring=10, seed=0))
+    m = ck.model
+    assert m.cat_succ_counts.sum() > 0 and m.cat_succ_counts.shape == (m.cfg.n_categories, 32)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, m, ck.item_vocab, ck.category_vocab, version=1, meta={})
+    back = load_checkpoint(path, device="cpu")
+    assert torch.equal(back.model.cat_succ_ids, m.cat_succ_ids) and torch.equal(back.model.cat_succ_w, m.cat_succ_w)
+    assert back.config.cat_history_first
+    blob = torch.load(path, weights_only=True)  # as written before the table and the tier existed
+    del blob["config"]["cat_successors"], blob["config"]["cat_history_first"]
+    for key in ("cat_succ_ids", "cat_succ_counts", "cat_succ_w"):
+        del blob["state_dict"][key]
+    torch.save(blob, path)
+    old = load_checkpoint(path, device="cpu")
+    assert old.config.cat_successors == 0 and old.model.cat_succ_w is None and not old.config.cat_history_first
