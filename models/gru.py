@@ -17,7 +17,9 @@ After each event `predict` gives, for the user's NEXT event:
   g is a learned gate. After training, a temperature of the explore logits and a shift of the gate
   are fitted on held-out events (`explore_temp`, `gate_shift`). On Taobao-like logs most next
   items are revisits, so the copy path is what lets a sequence model beat the "repeat" baseline;
-- the same mixture for categories;
+- the same mixture for categories, with two differences: the user's own categories always rank
+  above new ones (`cat_history_first`), and the explore head also reads train successor counts
+  of the newest category (`cat_successors`);
 - next action (3-way softmax) and churn (a logit; sigmoid = P(no event within the horizon)).
 
 Ids: `Vocab` maps raw ids to a bounded index range (0 = padding, 1 = unknown).
