@@ -115,6 +115,11 @@ class SeqData:
     def lengths(self) -> np.ndarray:
         return np.diff(self.starts)
 
+    @property
+    def user_index(self) -> np.ndarray:
+        """Per event: the index of its user's sequence."""
+        return np.repeat(np.arange(len(self.users)), self.lengths)
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -163,7 +168,7 @@ def cutoff_view(data: SeqData, quantile: float) -> SeqData:
     known = np.zeros(int(data.items.max()) + 1, dtype=bool)
     known[data.items[before]] = True
     keep = before | known[data.items]
-    user = np.repeat(np.arange(len(data.users)), data.lengths)[keep]
+    user = data.user_index[keep]
     counts = np.bincount(user, minlength=len(data.users))
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     sub = lambda a: None if a is None else a[keep]  # noqa: E731
@@ -515,7 +520,7 @@ def _next_event_at_or_after(data: SeqData, since_ts: float) -> tuple[np.ndarray,
     """(index of each event's successor, True where the user has one at or after `since_ts`):
     the held-out rows the calibrations fit on."""
     nxt = np.minimum(np.arange(len(data)) + 1, len(data) - 1)
-    user = np.repeat(np.arange(len(data.users)), data.lengths)
+    user = data.user_index
     return nxt, (user[nxt] == user) & (nxt > np.arange(len(data))) & (data.ts[nxt] >= since_ts)
 
 
@@ -659,7 +664,7 @@ def category_successors(data: SeqData, n_categories: int, top: int) -> tuple[np.
     counts = np.zeros((n_categories, top), dtype=np.float32)
     if top == 0 or len(data) < 2:
         return ids, counts
-    user = np.repeat(np.arange(len(data.users)), data.lengths)
+    user = data.user_index
     a, b = data.cats[:-1], data.cats[1:]
     pair = (user[:-1] == user[1:]) & (a > UNKNOWN) & (b > UNKNOWN)
     pairs, n = np.unique(a[pair] * n_categories + b[pair], return_counts=True)
