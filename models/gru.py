@@ -119,6 +119,17 @@ class Recent:
     def to(self, device: torch.device | str) -> "Recent":
         return Recent(*(t.to(device) for t in (self.items, self.categories, self.actions, self.age, self.mask)))
 
+    def trimmed(self) -> "Recent":
+        """The same rings without the leading columns that are padding in every row. Every head
+        reads rings from the right (positions, ranks and decay count back from the newest event),
+        so no score changes, and short histories stop paying for the full ring: half of training's
+        ring positions on taobao_users were such padding."""
+        L = self.mask.shape[-1]
+        width = max(int(self.mask.sum(-1).max()), 1) if self.mask.numel() else L
+        if width >= L:
+            return self
+        return Recent(*(t[..., L - width:] for t in (self.items, self.categories, self.actions, self.age, self.mask)))
+
 
 @dataclass
 class Prediction:

@@ -292,8 +292,8 @@ def chunk_recent(batch: Batch, s: int, e: int, ring: int, n_gap_buckets: int) ->
 
 
 def flat_recent(r: Recent, sel: Tensor) -> Recent:
-    """[B, T, L] rings -> [N, L] rows at the boolean positions `sel` [B, T]."""
-    return Recent(r.items[sel], r.categories[sel], r.actions[sel], r.age[sel], r.mask[sel])
+    """[B, T, L] rings -> [N, L'] rows at the boolean positions `sel` [B, T] (trimmed: L' <= L)."""
+    return Recent(r.items[sel], r.categories[sel], r.actions[sel], r.age[sel], r.mask[sel]).trimmed()
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,7 +750,7 @@ def states_at(model: SeqModel, data: SeqData, positions: np.ndarray,
               batch_users: int = 64) -> Iterator[tuple[np.ndarray, Tensor, Recent]]:
     """The model's state after the events at flat `positions` of `data` (each sees its user's
     events up to and including that position), a group of users at a time: yields (indices
-    into `positions`, h [n, H], Recent of [n, L])."""
+    into `positions`, h [n, H], Recent of [n, L' <= L], trimmed)."""
     device, mc = model.device, model.cfg
     user_of = np.searchsorted(data.starts, positions, side="right") - 1
     users = np.unique(user_of)
@@ -763,7 +763,7 @@ def states_at(model: SeqModel, data: SeqData, positions: np.ndarray,
         rows = torch.as_tensor(np.searchsorted(us, user_of[sel]), device=device)
         cols = torch.as_tensor(positions[sel] - data.starts[user_of[sel]], device=device)
         yield sel, hs[rows, cols], Recent(rec.items[rows, cols], rec.categories[rows, cols],
-                                          rec.actions[rows, cols], rec.age[rows, cols], rec.mask[rows, cols])
+                                          rec.actions[rows, cols], rec.age[rows, cols], rec.mask[rows, cols]).trimmed()
 
 
 @torch.no_grad()

@@ -97,6 +97,33 @@ def test_copy_path_starts_as_recency():
     assert p[6] > p[7] > p[5]
 
 
+@pytest.mark.parametrize("context", [False, True])
+def test_trimmed_rings_score_alike(context):
+    """Dropping the all-padding left columns of a batch of rings changes no output."""
+    m = small_model(copy_context=context)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in m.parameters():  # copy tables start at zero: make every feature count
+            p.normal_(0.0, 0.3)
+    items, cats, acts, gaps = random_seq(m, 3, 4)
+    mask = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]], dtype=torch.bool)
+    pad = lambda x: torch.cat([torch.zeros(3, 2, dtype=x.dtype), x * mask], 1)  # noqa: E731  ring 6
+    full = Recent(pad(items), pad(cats), pad(acts), pad(gaps), pad(mask.long()).bool())
+    short = full.trimmed()
+    assert short.mask.shape == (3, 3) and torch.equal(short.items, full.items[:, 3:])
+    h = torch.randn(3, 16)
+    with torch.no_grad():
+        for head in (m.copy_item, m.copy_category):
+            (la_f, g_f), (la_s, g_s) = head(h, full), head(h, short)
+            assert torch.allclose(la_f[:, 3:], la_s, atol=1e-5) and torch.isinf(la_f[:, :3]).all()
+            assert torch.allclose(g_f, g_s, atol=1e-5)
+        p_f, p_s = m.predict(h, full), m.predict(h, short)
+    for a, b in ((p_f.item_logits, p_s.item_logits), (p_f.category_logits, p_s.category_logits)):
+        assert torch.allclose(a.clamp(min=-1e4), b.clamp(min=-1e4), atol=1e-4)
+    assert torch.allclose(p_f.churn_logit, p_s.churn_logit, atol=1e-5)
+    assert full.trimmed().trimmed().mask.shape == (3, 3) and short.trimmed() is short
+
+
 def test_ring_features():
     ids = torch.tensor([[0, 5, 6, 5, 7]])
     acts = torch.tensor([[0, 1, 0, 0, 2]])
