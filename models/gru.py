@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.bptt_gru import BPTTGRU
 from models.schema import ACTIONS
 
 PAD = 0
@@ -416,7 +417,7 @@ class SeqModel(nn.Module):
         self.action_emb = nn.Embedding(cfg.n_actions, cfg.action_emb)
         self.gap_emb = nn.Embedding(cfg.n_gap_buckets, cfg.gap_emb)
         self.drop = nn.Dropout(cfg.dropout)
-        self.gru = nn.GRU(2 * cfg.emb + cfg.action_emb + cfg.gap_emb, cfg.hidden, batch_first=True)
+        self.gru = BPTTGRU(2 * cfg.emb + cfg.action_emb + cfg.gap_emb, cfg.hidden, batch_first=True)
         # explore heads: h -> query in embedding space, scored against the SHARED input tables
         self.item_query = nn.Linear(cfg.hidden, cfg.emb)
         self.item_bias = nn.Parameter(torch.zeros(cfg.n_items))
