@@ -159,65 +159,58 @@ def recent_windows(items: Tensor, cats: Tensor, actions: Tensor, ts: Tensor, mas
     return Recent(z(items), z(cats), z(actions), age, m)
 
 
-def ring_features(ids: Tensor, actions: Tensor, mask: Tensor, max_count: int,
-                  weights: Tensor | None = None) -> dict[str, Tensor]:
-    """Parameter-free features of each ring position [..., L] about its id within the ring.
+@dataclass
+class RingGroups:
+    """The distinct ids of rings [N, L], most recent first: slot j holds the id whose newest
+    occurrence is the j-th most recent among the ring's ids (its recency rank, 0 = the newest
+    id, the "repeat" baseline's order). G is the largest number of distinct ids in any row."""
 
-    count: occurrences of the id in the ring; rank: how many distinct ids occurred more recently
-    (0 = the newest id, like the "repeat" baseline's order); latest: this is the id's newest
-    occurrence; carted/bought: the id was carted / purchased somewhere in the ring. With
-    `weights` [..., L, K] (per-event weights, e.g. decay kernels): "wsum" [..., L, K], their sum
-    over the id's occurrences in the ring.
+    pos: Tensor  # [N, G] ring position of each slot's newest occurrence (0 in empty slots)
+    valid: Tensor  # [N, G] Bool: the slot holds an id
+    sums: Tensor  # [N, G, 3 + K]: occurrences, carts, purchases, then the sums of the K weights
+    group_of: Tensor  # [N, L] row of `group_sums` for each ring position
+    group_sums: Tensor  # [N * L, 3 + K] the same sums per group, in sorted-id order
 
-    O(L log L) per ring (one sort, then segment reductions), not O(L^2): rings of a few hundred
-    events stay cheap."""
-    shape = ids.shape
-    L = shape[-1]
-    ids2 = ids.reshape(-1, L)
-    m2 = mask.reshape(-1, L)
-    act2 = actions.reshape(-1, L)
-    n = ids2.shape[0]
+    def sums_at(self, pos: Tensor) -> Tensor:
+        """The sums of the id found at ring positions `pos` [N, M] -> [N, M, 3 + K]."""
+        rows = self.group_of.gather(1, pos).reshape(-1)
+        return self.group_sums.index_select(0, rows).view(*pos.shape, -1)
+
+
+def ring_groups(ids: Tensor, actions: Tensor, mask: Tensor, weights: Tensor | None = None) -> RingGroups:
+    """Group right-aligned rings [N, L] by id. With `weights` [N, L, K] (per-event weights, e.g.
+    decay kernels) the sums also hold each id's weight sums over its occurrences.
+
+    O(L log L) per ring (one sort, then segment reductions), not O(L^2). The copy heads then
+    score G slots instead of L positions: G is a quarter of L for categories on taobao_users."""
+    n, L = ids.shape
     dev = ids.device
-    if n == 0 or L == 0:
-        z = torch.zeros_like(ids)
-        out = {"count": z, "rank": z, "latest": z, "carted": z, "bought": z}
-        if weights is not None:
-            out["wsum"] = torch.zeros_like(weights)
-        return out
-    key = torch.where(m2, ids2, torch.full_like(ids2, -1))  # padding: its own group
+    key = torch.where(mask, ids, torch.full_like(ids, -1))  # padding: its own group
     sv, perm = torch.sort(key, dim=-1, stable=True)
     new = torch.ones_like(sv, dtype=torch.bool)
     new[:, 1:] = sv[:, 1:] != sv[:, :-1]
     gid_sorted = new.long().cumsum(-1) - 1  # group of each sorted position, 0..L-1
     gid = torch.empty_like(gid_sorted).scatter_(1, perm, gid_sorted)  # group per position
-    fl = (gid + L * torch.arange(n, device=dev).unsqueeze(1)).reshape(-1)
+    group_of = gid + L * torch.arange(n, device=dev).unsqueeze(1)
+    fl = group_of.reshape(-1)
     # per-id sums of per-event columns in one pass: occurrences, carts, purchases, then `weights`
     # (sums of 0/1 columns are exact in float32 for any ring length used here)
-    cols = torch.stack([torch.ones_like(act2), act2 == 1, act2 == 2], -1).reshape(n * L, 3).float()
+    cols = torch.stack([torch.ones_like(actions), actions == 1, actions == 2], -1).reshape(n * L, 3).float()
     if weights is not None:
-        K = weights.shape[-1]
-        cols = torch.cat([cols, weights.reshape(n * L, K).to(cols.dtype)], 1)
-    sums = torch.zeros_like(cols).index_add_(0, fl, cols).index_select(0, fl).view(n, L, -1)
+        cols = torch.cat([cols, weights.reshape(n * L, -1).to(cols.dtype)], 1)
+    group_sums = torch.zeros_like(cols).index_add_(0, fl, cols)
     pos = torch.arange(L, device=dev).expand(n, L)
     last = torch.full((n * L,), -1, dtype=torch.long, device=dev)
     last = last.scatter_reduce(0, fl, pos.reshape(-1), "amax", include_self=True).index_select(0, fl).view(n, L)
-    latest = (last == pos) & m2
-    lat = latest.long()
-    newer = lat.sum(-1, keepdim=True) - lat.cumsum(-1)  # latest positions after each one
-    rank = torch.gather(newer, -1, last.clamp(min=0))
-    zero = torch.zeros_like(rank)
-    count = sums[..., 0].long()
-    out = {
-        "count": torch.where(m2, count.clamp(max=max_count - 1), zero),
-        "rank": torch.where(m2, rank.clamp(max=L - 1), zero),
-        "latest": lat,
-        "carted": ((sums[..., 1] > 0) & m2).long(),
-        "bought": ((sums[..., 2] > 0) & m2).long(),
-    }
-    out = {k: v.reshape(shape) for k, v in out.items()}
-    if weights is not None:
-        out["wsum"] = (sums[..., 3:] * m2.unsqueeze(-1)).reshape(*shape, weights.shape[-1])
-    return out
+    latest = ((last == pos) & mask).long()
+    newer = latest.sum(-1, keepdim=True) - latest.cumsum(-1)  # newest occurrences after each one
+    G = max(int(latest.sum(-1).max()), 1) if n else 1
+    slot = torch.where(latest.bool(), newer, torch.full_like(newer, G))  # G: a spare slot, dropped
+    slot_pos = torch.zeros(n, G + 1, dtype=torch.long, device=dev).scatter_(1, slot, pos)[:, :G]
+    valid = torch.arange(G, device=dev) < latest.sum(-1, keepdim=True)
+    rows = group_of.gather(1, slot_pos).reshape(-1)
+    sums = group_sums.index_select(0, rows).view(n, G, -1) * valid.unsqueeze(-1)
+    return RingGroups(slot_pos, valid, sums, group_of, group_sums)
 
 
 def rank_bucket(rank: Tensor) -> Tensor:
@@ -256,7 +249,7 @@ TRANSITION_CLIP = 4  # transition counts 0..3 (3 = three or more)
 def transition_weights(ids: Tensor, mask: Tensor) -> Tensor:
     """Per-event indicators [..., L, 2] of a right-aligned ring: the event comes right after an
     occurrence of the newest id, and right before one. Summed over an id's occurrences
-    (ring_features' `weights`) they count the user's own transitions newest -> id and id -> newest."""
+    (ring_groups' `weights`) they count the user's own transitions newest -> id and id -> newest."""
     newest = ids[..., -1:]
     is_newest = (ids == newest) & mask
     after = torch.zeros_like(mask)
@@ -304,7 +297,8 @@ class CopyHead(nn.Module):
                    + q(h) . k(features)                  (context-dependent reweighting)
     All tables, u, u_g and q start at zero, so an untrained head ranks ring ids in recency order. The
     features are generic, so the head transfers across logs instead of learning per-item trivia.
-    Cost is O(L) per prediction besides one sort: cheap for rings of hundreds of events.
+    Cost per prediction: one sort of the ring (O(L log L)) to group it by id, then O(G) for its G
+    distinct ids: cheap for rings of hundreds of events.
 
     Gate: P(next id is in the ring), from h and ring statistics (size, share of repeated events,
     whether the newest event was itself a repeat)."""
@@ -347,32 +341,39 @@ class CopyHead(nn.Module):
         finite only at each id's newest position, so it is a distribution over the distinct ring
         ids; gate logit [N]).
 
-        The keys k(l) = rank_k[rank] + small_k[small] + age_k[age] + W id_table[id] enter only
-        through q(h) . k(l) and the attention-pooled key, so neither builds [N, L, d]: tables are
+        Scores are computed per distinct id (RingGroups' slots, most recent first), not per ring
+        position. The keys k = rank_k[rank] + small_k[small] + age_k[age] + W id_table[id] enter
+        only through q(h) . k and the attention-pooled key, so neither builds [N, G, d]: tables are
         scored or pooled per row (row_lookup, pooled_rows), which keeps training's backward cheap."""
         dw = decay_weights(age, mask, self.n_age_buckets) if self.decay_w is not None else None
         w = dw
         if self.transition_s is not None:  # summed per id together with the decay kernels
             tw = transition_weights(ids, mask)
             w = tw if dw is None else torch.cat([dw, tw], -1)
-        f = ring_features(ids, actions, mask, self.max_count, w)
-        latest = f["latest"].bool()
-        same = (ids == ids[:, -1:]) & mask
+        rg = ring_groups(ids, actions, mask, w)
+        valid, pos = rg.valid, rg.pos
+        G = pos.shape[1]
+        at = lambda x: torch.where(valid, x.gather(1, pos), torch.zeros_like(pos))  # noqa: E731  at the newest occurrence
+        slot_ids, slot_actions, slot_age = at(ids), at(actions), at(age)
+        count = rg.sums[..., 0].long()
+        small_count = count.clamp(max=self.max_count - 1)
+        newest = torch.zeros_like(valid)
+        newest[:, 0] = valid[:, 0]  # slot 0 is the newest event's id
         if groups is not None:
-            same_g = (groups == groups[:, -1:]) & mask
-            fg = ring_features(groups, torch.zeros_like(actions), mask, self.max_count, dw)
-            g_count = fg["count"]
+            same_g = (at(groups) == groups[:, -1:]) & valid
+            group_sums = ring_groups(groups, torch.zeros_like(actions), mask, dw).sums_at(pos)
+            g_count = torch.where(valid, group_sums[..., 0].long().clamp(max=self.max_count - 1), 0)
         else:
-            same_g = torch.zeros_like(same)
-            g_count = torch.zeros_like(f["count"])
-        flags = f["carted"] + 2 * f["bought"] + 4 * same.long() + 8 * same_g.long()
-        small = actions + self.action_n * (f["count"] + self.max_count * flags)
-        L = ids.shape[-1]  # ranks are < L: bucket them through a table of L entries
-        rb = rank_bucket(torch.arange(L, device=ids.device)).index_select(0, f["rank"].reshape(-1)).view_as(ids)
-        key_tables = ((self.rank_k.weight, rb), (self.small_k.weight, small), (self.age_k.weight, age))
+            same_g = torch.zeros_like(valid)
+            g_count = torch.zeros_like(count)
+        flags = (rg.sums[..., 1] > 0).long() + 2 * (rg.sums[..., 2] > 0).long() + 4 * newest.long() + 8 * same_g.long()
+        small = slot_actions + self.action_n * (small_count + self.max_count * flags)
+        rank = torch.arange(G, device=ids.device)
+        rb = rank_bucket(rank).expand_as(pos)
+        key_tables = ((self.rank_k.weight, rb), (self.small_k.weight, small), (self.age_k.weight, slot_age))
         use_ids = self.id_proj is not None and id_table is not None
-        e = (self.rank_w * torch.log1p(f["rank"].float()) + row_lookup(self.rank_s.weight[:, 0], rb)
-             + row_lookup(self.small_s.weight[:, 0], small) + row_lookup(self.age_s.weight[:, 0], age)
+        e = (self.rank_w * torch.log1p(rank.float()) + row_lookup(self.rank_s.weight[:, 0], rb)
+             + row_lookup(self.small_s.weight[:, 0], small) + row_lookup(self.age_s.weight[:, 0], slot_age)
              + row_lookup(self.group_s.weight[:, 0], g_count))
         id_emb = None
         if self.use_context:
@@ -380,32 +381,34 @@ class CopyHead(nn.Module):
             for table, idx in key_tables:
                 e = e + row_lookup(q @ table.t(), idx)
             if use_ids:  # q . W E[id] = (W^T q) . E[id]
-                id_emb = F.embedding(ids, id_table, padding_idx=PAD)
+                id_emb = F.embedding(slot_ids, id_table, padding_idx=PAD)
                 e = e + torch.einsum("ne,nle->nl", q @ self.id_proj.weight, id_emb)
         if self.transition_s is not None:
-            t = f["wsum"][..., -2:].long().clamp(max=TRANSITION_CLIP - 1)  # exact integer sums
+            t = rg.sums[..., -2:].long().clamp(max=TRANSITION_CLIP - 1)  # exact integer sums
             e = e + row_lookup(self.transition_s, t[..., 0] + TRANSITION_CLIP * t[..., 1])
         if self.decay_w is not None:
-            e = e + torch.log1p(f["wsum"][..., :N_DECAY]) @ self.decay_w
+            e = e + torch.log1p(rg.sums[..., 3: 3 + N_DECAY]) @ self.decay_w
             if groups is not None:  # the same for the id's group: "the user is back on this kind"
-                e = e + torch.log1p(fg["wsum"]) @ self.group_decay_w
-        e = e.masked_fill(~latest, NEG_INF)
-        any_valid = mask.any(-1, keepdim=True)
-        log_attn = torch.log_softmax(torch.where(any_valid, e, torch.zeros_like(e)), -1)
-        log_attn = log_attn.masked_fill(~latest, NEG_INF)
+                e = e + torch.log1p(group_sums[..., 3:]) @ self.group_decay_w
+        any_valid = valid[:, :1]
+        log_attn = torch.log_softmax(torch.where(any_valid, e.masked_fill(~valid, NEG_INF), torch.zeros_like(e)), -1)
+        log_attn = log_attn.masked_fill(~valid, NEG_INF)
         attn = log_attn.exp()
         pooled = sum(pooled_rows(table, idx, attn) for table, idx in key_tables)
         if use_ids:
             pooled_id = (torch.einsum("nl,nle->ne", attn, id_emb) if id_emb is not None else
-                         F.embedding_bag(ids, id_table, per_sample_weights=attn, mode="sum", padding_idx=PAD))
+                         F.embedding_bag(slot_ids, id_table, per_sample_weights=attn, mode="sum", padding_idx=PAD))
             pooled = pooled + self.id_proj(pooled_id)
         n_valid = mask.sum(-1).float()
-        n_distinct = f["latest"].sum(-1).float()
-        stats = torch.stack([torch.log1p(n_valid) / 5.0, n_distinct / n_valid.clamp(min=1.0),
-                             (f["count"][:, -1] > 1).float(), same[:, :-1].any(-1).float()], -1)
+        newest_again = (count[:, 0] > 1).float()  # the newest id occurred earlier in the ring too
+        stats = torch.stack([torch.log1p(n_valid) / 5.0, valid.sum(-1).float() / n_valid.clamp(min=1.0),
+                             newest_again, newest_again], -1)  # (two features of older checkpoints coincide)
         gate = self.gate(torch.cat([h, pooled, stats], -1)).squeeze(-1)
         gate = gate.masked_fill(~any_valid.squeeze(-1), -30.0)  # empty ring: nothing to repeat
-        return log_attn, gate
+        L = ids.shape[-1]  # back to ring positions: each slot at its id's newest occurrence
+        to = torch.where(valid, pos, torch.full_like(pos, L))
+        per_position = torch.full((len(ids), L + 1), NEG_INF, dtype=log_attn.dtype, device=ids.device)
+        return per_position.scatter(1, to, log_attn)[:, :L], gate
 
 
 class SeqModel(nn.Module):

@@ -7,7 +7,7 @@ import torch
 
 from models.gru import (GAP_FIRST, N_DECAY, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
                         decay_weights, gap_bucket, load_checkpoint, pooled_rows, recent_windows,
-                        ring_features, row_lookup, save_checkpoint, transition_weights)
+                        ring_groups, row_lookup, save_checkpoint, transition_weights)
 from models.retrieval import top_k
 
 pytestmark = pytest.mark.unit
@@ -124,14 +124,24 @@ def test_trimmed_rings_score_alike(context):
     assert full.trimmed().trimmed().mask.shape == (3, 3) and short.trimmed() is short
 
 
-def test_ring_features():
-    ids = torch.tensor([[0, 5, 6, 5, 7]])
-    acts = torch.tensor([[0, 1, 0, 0, 2]])
-    f = ring_features(ids, acts, ids > 0, 16)
-    assert f["count"].tolist() == [[0, 2, 1, 2, 1]]
-    assert f["rank"].tolist() == [[0, 1, 2, 1, 0]]  # 7 newest, then 5, then 6
-    assert f["latest"].tolist() == [[0, 0, 1, 1, 1]]
-    assert f["carted"].tolist() == [[0, 1, 0, 1, 0]] and f["bought"].tolist() == [[0, 0, 0, 0, 1]]
+def test_ring_groups_slots_in_recency_order():
+    ids = torch.tensor([[0, 5, 6, 5, 7], [0, 0, 0, 0, 4]])
+    acts = torch.tensor([[0, 1, 0, 0, 2], [0, 0, 0, 0, 1]])
+    g = ring_groups(ids, acts, ids > 0)
+    assert g.pos.shape == (2, 3)  # G: the most distinct ids in any row
+    assert ids.gather(1, g.pos)[0].tolist() == [7, 5, 6]  # 7 newest, then 5, then 6
+    assert g.pos[0].tolist() == [4, 3, 2]  # each id's newest occurrence
+    assert g.valid.tolist() == [[True, True, True], [True, False, False]]
+    assert g.sums[0, :, :3].tolist() == [[1, 0, 1], [2, 1, 0], [1, 0, 0]]  # count, carts, buys
+    assert g.sums[1, 1:].abs().sum() == 0  # empty slots sum nothing
+    # the sums of the id at any ring position, occurrence or not
+    assert g.sums_at(torch.tensor([[1, 3], [4, 4]]))[..., 0].tolist() == [[2, 2], [1, 1]]
+
+
+def test_ring_groups_without_events():
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    g = ring_groups(ids, ids, ids > 0)
+    assert g.pos.shape == (2, 1) and not g.valid.any() and g.sums.abs().sum() == 0
 
 
 def test_table_lookups_without_materialising_equal_plain_indexing():
@@ -175,12 +185,12 @@ def test_copy_head_pools_ids_alike_with_and_without_context():
     assert outs[0][2].abs().sum() > 0  # the id embeddings do get a gradient through the gate
 
 
-def test_ring_features_weighted_sums_and_decay_kernels():
+def test_ring_groups_weighted_sums_and_decay_kernels():
     ids = torch.tensor([[0, 5, 6, 5, 7]])
     mask = ids > 0
     w = torch.tensor([[[9.0], [1.0], [2.0], [4.0], [8.0]]])  # padding's weight is ignored
-    f = ring_features(ids, torch.zeros_like(ids), mask, 16, w)
-    assert f["wsum"][..., 0].tolist() == [[0.0, 5.0, 2.0, 5.0, 8.0]]
+    g = ring_groups(ids, torch.zeros_like(ids), mask, w)
+    assert g.sums[0, :, 3].tolist() == [8.0, 5.0, 2.0]  # slots 7, 5, 6
     age = torch.where(mask, gap_bucket(torch.tensor([[0, 7200, 3600, 60, 0]])), 0)
     k = decay_weights(age, mask)
     assert k.shape == (1, 5, N_DECAY) and (k[0, 0] == 0).all()
@@ -223,8 +233,8 @@ def test_transition_counts_around_the_newest_id(tmp_path):
     w = transition_weights(ids, mask)
     assert w[0, :, 0].tolist() == [0, 0, 1, 0, 1, 0, 0]  # right after a 3: the 5 and the 7
     assert w[0, :, 1].tolist() == [0, 0, 1, 0, 0, 1, 0]  # right before a 3: the 5 and the 9
-    f = ring_features(ids, torch.zeros_like(ids), mask, 16, w)
-    assert f["wsum"][0, 2].tolist() == [1.0, 1.0]  # 5: once after, once before the newest id
+    g = ring_groups(ids, torch.zeros_like(ids), mask, w)
+    assert g.sums_at(torch.tensor([[2]]))[0, 0, 3:].tolist() == [1.0, 1.0]  # 5: once after, once before the newest id
 
     m = small_model()
     items = torch.tensor([[4, 8, 7, 6, 9, 4]])  # 8 followed 4 before; now the user is on 4 again
