@@ -335,11 +335,11 @@ class CopyHead(nn.Module):
         self.gate = nn.Sequential(nn.Linear(cfg.hidden + d + n_stats, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, h: Tensor, ids: Tensor, id_table: Tensor | None, actions: Tensor, age: Tensor,
-                mask: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                mask: Tensor, groups: Tensor | None = None, sparse: bool = False) -> tuple[Tensor, Tensor]:
         """h [N, H]; ring tensors [N, L] (`groups`: e.g. the categories of ring items); `id_table`:
-        the id embeddings [V, E] (row 0 padding). Returns (log p_repeat over ring positions [N, L]:
-        finite only at each id's newest position, so it is a distribution over the distinct ring
-        ids; gate logit [N]).
+        the id embeddings [V, E] (row 0 padding; `sparse`: give it a sparse gradient). Returns
+        (log p_repeat over ring positions [N, L]: finite only at each id's newest position, so it
+        is a distribution over the distinct ring ids; gate logit [N]).
 
         Scores are computed per distinct id (RingGroups' slots, most recent first), not per ring
         position. The keys k = rank_k[rank] + small_k[small] + age_k[age] + W id_table[id] enter
@@ -381,7 +381,7 @@ class CopyHead(nn.Module):
             for table, idx in key_tables:
                 e = e + row_lookup(q @ table.t(), idx)
             if use_ids:  # q . W E[id] = (W^T q) . E[id]
-                id_emb = F.embedding(slot_ids, id_table, padding_idx=PAD)
+                id_emb = F.embedding(slot_ids, id_table, padding_idx=PAD, sparse=sparse)
                 e = e + torch.einsum("ne,nle->nl", q @ self.id_proj.weight, id_emb)
         if self.transition_s is not None:
             t = rg.sums[..., -2:].long().clamp(max=TRANSITION_CLIP - 1)  # exact integer sums
@@ -397,7 +397,8 @@ class CopyHead(nn.Module):
         pooled = sum(pooled_rows(table, idx, attn) for table, idx in key_tables)
         if use_ids:
             pooled_id = (torch.einsum("nl,nle->ne", attn, id_emb) if id_emb is not None else
-                         F.embedding_bag(slot_ids, id_table, per_sample_weights=attn, mode="sum", padding_idx=PAD))
+                         F.embedding_bag(slot_ids, id_table, per_sample_weights=attn, mode="sum", padding_idx=PAD,
+                                         sparse=sparse))
             pooled = pooled + self.id_proj(pooled_id)
         n_valid = mask.sum(-1).float()
         newest_again = (count[:, 0] > 1).float()  # the newest id occurred earlier in the ring too
@@ -415,7 +416,8 @@ class SeqModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.n_items, cfg.emb, padding_idx=PAD)
+        # sparse: a training step's gradient holds only the rows it read (see train.GradientStep)
+        self.item_emb = nn.Embedding(cfg.n_items, cfg.emb, padding_idx=PAD, sparse=True)
         self.cat_emb = nn.Embedding(cfg.n_categories, cfg.emb, padding_idx=PAD)
         self.action_emb = nn.Embedding(cfg.n_actions, cfg.action_emb)
         self.gap_emb = nn.Embedding(cfg.n_gap_buckets, cfg.gap_emb)
@@ -516,7 +518,7 @@ class SeqModel(nn.Module):
     def copy_item(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
         table = self.item_emb.weight if self.cfg.copy_ids else None
         log_attn, gate = self.item_copy(h, recent.items, table, recent.actions, recent.age, recent.mask,
-                                        groups=recent.categories)
+                                        groups=recent.categories, sparse=self.item_emb.sparse)
         return log_attn, gate + self.gate_shift[0]
 
     def copy_category(self, h: Tensor, recent: Recent) -> tuple[Tensor, Tensor]:
@@ -524,12 +526,16 @@ class SeqModel(nn.Module):
         log_attn, gate = self.cat_copy(h, recent.categories, table, recent.actions, recent.age, recent.mask)
         return log_attn, gate + self.gate_shift[1]
 
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """The item embeddings of `items` (same gradient layout as the input lookups)."""
+        return F.embedding(items, self.item_emb.weight, sparse=self.item_emb.sparse)
+
     def item_explore_logits(self, h: Tensor, candidates: Tensor | None = None) -> Tensor:
         """Unnormalised explore scores q(h) . E[v] / T + b[v] (all items, or `candidates` [K])."""
         q = self.item_query(self.drop(h)) / self.explore_temp[0]
         if candidates is None:
             return F.linear(q, self.item_emb.weight, self.item_bias)
-        return F.linear(q, self.item_emb.weight[candidates], self.item_bias[candidates])
+        return F.linear(q, self.item_vectors(candidates), self.item_bias[candidates])
 
     def cat_explore_logits(self, h: Tensor, newest: Tensor | None = None, own: Tensor | None = None) -> Tensor:
         """q(h) . C[c] / T + b[c], plus the successor term of the `newest` category [N] (see

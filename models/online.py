@@ -61,7 +61,7 @@ from torch import Tensor
 from models.gru import (GAP_FIRST, UNKNOWN, Checkpoint, Recent, SeqModel, Vocab, gap_bucket,
                         load_checkpoint, save_checkpoint)
 from models.schema import ACTIONS
-from models.train import NegativeSampler, TrainConfig, category_log_prob, item_log_prob
+from models.train import GradientStep, NegativeSampler, TrainConfig, category_log_prob, item_log_prob
 
 SAMPLE_FORMAT = 1
 MAX_SAMPLE_EVENTS = 1000  # the ring is at most 1000 long (Settings.validate)
@@ -503,6 +503,7 @@ class OnlineLearner:
         model.train()
         order = torch.randperm(len(b), generator=torch.Generator().manual_seed(self.rounds))
         steps, loss_sum = 0, 0.0
+        step = GradientStep(model, opt, c.clip)
         for lo in range(0, len(b), c.batch):
             if steps >= c.max_steps:
                 break
@@ -510,10 +511,7 @@ class OnlineLearner:
             loss = self.loss(model, mb, sampler)
             if not loss.requires_grad:
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip)
-            opt.step()
+            step(loss)
             steps += 1
             loss_sum += float(loss.detach())
         self.trained_samples += min(len(b), steps * c.batch)

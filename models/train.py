@@ -328,8 +328,8 @@ def item_log_prob(model: SeqModel, h: Tensor, recent: Recent, target: Tensor,
     K, M = len(shared_neg), len(inb)
     t = model.explore_temp[0]
     q = model.item_query(model.drop(h)) / t
-    o_t = (q * model.item_emb.weight[target]).sum(-1) + model.item_bias[target]
-    o_c = F.linear(q, model.item_emb.weight[cand], model.item_bias[cand])
+    o_t = (q * model.item_vectors(target)).sum(-1) + model.item_bias[target]
+    o_c = F.linear(q, model.item_vectors(cand), model.item_bias[cand])
     log_q = torch.log(K * sampler.q_alpha[cand] + M * sampler.q_pop[cand]).clamp(min=-30)
     o_c = (o_c - log_q).masked_fill(cand.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
     log_z = torch.logsumexp(torch.cat([o_t.unsqueeze(1), o_c], 1), 1)
@@ -462,6 +462,43 @@ def make_optimizer(model: SeqModel, cfg: "TrainConfig") -> torch.optim.Optimizer
                             lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+class GradientStep:
+    """One update: zero the gradients, backward, clip, step.
+
+    Sparse gradients (the item table's: only the rows a step read) are added into a dense buffer
+    kept across steps, where only the previous step's rows are cleared, and the optimiser sees a
+    plain dense gradient: the same update as with a dense table. A fresh [V, E] gradient per
+    lookup (three per step) page-faulted on every allocation: on the Taobao time slice
+    (85k items) that was most of training's time."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = optimizer
+        self.clip = clip
+        self._dense: dict[int, tuple[Tensor, Tensor]] = {}  # id(param) -> (buffer, rows last set)
+
+    def __call__(self, loss: Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.params:
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = self._densify(p, p.grad)
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+
+    def _densify(self, p: Tensor, grad: Tensor) -> Tensor:
+        g = grad.coalesce()
+        rows = g.indices()[0]
+        buf, last = self._dense.get(id(p), (None, None))
+        if buf is None:
+            buf = torch.zeros_like(p)
+        else:
+            buf.index_fill_(0, last, 0.0)  # clipping scales rows in place; untouched rows stay 0
+        buf.index_put_((rows,), g.values())  # coalesced: each row once
+        self._dense[id(p)] = (buf, rows)
+        return buf
+
+
 def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: float | None = None,
               item_counts: np.ndarray | None = None, epochs: int | None = None,
               optimizer: torch.optim.Optimizer | None = None, counted: bool = False) -> dict[str, Any]:
@@ -478,6 +515,7 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
     gen.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     opt = optimizer or make_optimizer(model, cfg)
+    step = GradientStep(model, opt, cfg.clip)
     lens = data.lengths
     n_train = int(lens[lens >= 2].sum())  # the events user_batches walks (the bar counts these)
     rates, losses = [], []
@@ -498,10 +536,7 @@ def fit_model(model: SeqModel, data: SeqData, cfg: TrainConfig, *, data_end: flo
                 loss, h, nll, n = chunk_loss(model, b, s, e, h, cfg, sampler, gen, counted)
                 h = h.detach()
                 if loss.requires_grad:  # a chunk may hold no targets (e.g. only last events)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                    opt.step()
+                    step(loss)
                 k = int(b.mask[:, s:e].sum())
                 seen += k
                 nll_sum += nll * n

@@ -359,3 +359,22 @@ def test_training_sets_the_successor_table_and_checkpoints_carry_it(tmp_path):
     torch.save(blob, path)
     old = load_checkpoint(path, device="cpu")
     assert old.config.cat_successors == 0 and old.model.cat_succ_w is None and not old.config.cat_history_first
+
+
+@pytest.mark.parametrize("clip", [0.05, 100.0])  # clipping active / idle
+def test_gradient_step_with_sparse_rows_equals_dense_updates(clip):
+    """A sparse table's update (rows added into a kept buffer) equals a dense table's, also when
+    the rows change between steps and clipping has scaled the buffer in place."""
+    g = torch.Generator().manual_seed(0)
+    dense = torch.nn.Embedding(10, 3)
+    sparse = torch.nn.Embedding(10, 3, sparse=True)
+    sparse.load_state_dict(dense.state_dict())
+    steps = [T.GradientStep(m, torch.optim.Adam(m.parameters(), lr=0.1), clip) for m in (dense, sparse)]
+    for rows in ([1, 2, 2], [3, 4], [1, 9], [5]):
+        idx = torch.tensor(rows)
+        w = torch.randn(len(rows), 3, generator=g)
+        for m, step in zip((dense, sparse), steps):
+            step((m(idx) * w).sum())
+        assert torch.allclose(dense.weight, sparse.weight, atol=1e-6)
+        assert not sparse.weight.grad.is_sparse
+    assert not torch.equal(dense.weight, sparse.weight.new_zeros(10, 3))
