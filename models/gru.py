@@ -174,7 +174,7 @@ class RingGroups:
     def sums_at(self, pos: Tensor) -> Tensor:
         """The sums of the id found at ring positions `pos` [N, M] -> [N, M, 3 + K]."""
         rows = self.group_of.gather(1, pos).reshape(-1)
-        return self.group_sums.index_select(0, rows).view(*pos.shape, -1)
+        return self.group_sums.index_select(0, rows).view(*pos.shape, self.group_sums.shape[1])
 
 
 def ring_groups(ids: Tensor, actions: Tensor, mask: Tensor, weights: Tensor | None = None) -> RingGroups:
@@ -197,7 +197,7 @@ def ring_groups(ids: Tensor, actions: Tensor, mask: Tensor, weights: Tensor | No
     # (sums of 0/1 columns are exact in float32 for any ring length used here)
     cols = torch.stack([torch.ones_like(actions), actions == 1, actions == 2], -1).reshape(n * L, 3).float()
     if weights is not None:
-        cols = torch.cat([cols, weights.reshape(n * L, -1).to(cols.dtype)], 1)
+        cols = torch.cat([cols, weights.reshape(n * L, weights.shape[-1]).to(cols.dtype)], 1)
     group_sums = torch.zeros_like(cols).index_add_(0, fl, cols)
     pos = torch.arange(L, device=dev).expand(n, L)
     last = torch.full((n * L,), -1, dtype=torch.long, device=dev)
@@ -209,7 +209,7 @@ def ring_groups(ids: Tensor, actions: Tensor, mask: Tensor, weights: Tensor | No
     slot_pos = torch.zeros(n, G + 1, dtype=torch.long, device=dev).scatter_(1, slot, pos)[:, :G]
     valid = torch.arange(G, device=dev) < latest.sum(-1, keepdim=True)
     rows = group_of.gather(1, slot_pos).reshape(-1)
-    sums = group_sums.index_select(0, rows).view(n, G, -1) * valid.unsqueeze(-1)
+    sums = group_sums.index_select(0, rows).view(n, G, cols.shape[1]) * valid.unsqueeze(-1)
     return RingGroups(slot_pos, valid, sums, group_of, group_sums)
 
 

@@ -387,3 +387,16 @@ def test_history_first_keeps_the_ring_above_new_ids_whatever_the_gate():
     assert first[0].argsort(descending=True)[:3].tolist() == [4, 3, 5]  # ring order kept, then 5
     assert torch.isclose(first[0].exp()[valid].sum(), torch.tensor(1.0))  # still a distribution
     assert SeqModel(ModelConfig(n_items=10, n_categories=8)).cfg.cat_history_first
+
+
+def test_a_batch_of_no_rows_predicts_nothing():
+    """Zero rows (e.g. a chunk whose events all lack targets) give empty outputs, not errors."""
+    m = small_model().eval()
+    z = torch.zeros(0, 5, dtype=torch.long)
+    recent = Recent(z + 3, z + 2, z, z + 1, z == 0)
+    h = torch.zeros(0, 16)
+    with torch.no_grad():
+        p = m.predict(h, recent)
+        top = m.predict_top_items(h, recent, 5)
+    assert p.item_logits.shape == (0, m.cfg.n_items) and p.category_logits.shape == (0, m.cfg.n_categories)
+    assert top[0].shape == (0, 5)
