@@ -613,14 +613,21 @@ class SeqModel(nn.Module):
         return (self.churn_head(self.drop(h)).squeeze(-1) + self.churn_span(span).squeeze(-1)
                 + self.churn_count(count.clamp(max=RING_COUNT_BUCKETS - 1)).squeeze(-1))
 
+    def item_logits(self, h: Tensor, recent: Recent) -> Tensor:
+        """Log-probabilities over every item [N, n_items]: the copy/explore mixture."""
+        la, gate = self.copy_item(h, recent)
+        return self.mixture(la, gate, recent.items, self.item_explore_logits(h), self.item_valid,
+                            self.cfg.fusion == "tiered")
+
+    def category_logits(self, h: Tensor, recent: Recent) -> Tensor:
+        """Log-probabilities over every category [N, n_categories]."""
+        la, gate = self.copy_category(h, recent)
+        return self.mixture(la, gate, recent.categories, self.cat_explore_logits(h, recent.categories[:, -1]),
+                            self.cat_valid, self.cfg.fusion == "tiered", self.cfg.cat_history_first)
+
     def predict(self, h: Tensor, recent: Recent) -> Prediction:
-        la_i, g_i = self.copy_item(h, recent)
-        la_c, g_c = self.copy_category(h, recent)
-        tiered = self.cfg.fusion == "tiered"
-        items = self.mixture(la_i, g_i, recent.items, self.item_explore_logits(h), self.item_valid, tiered)
-        cats = self.mixture(la_c, g_c, recent.categories, self.cat_explore_logits(h, recent.categories[:, -1]),
-                            self.cat_valid, tiered, self.cfg.cat_history_first)
-        return Prediction(items, cats, self.action_logits(h), self.churn_logit(h, recent))
+        return Prediction(self.item_logits(h, recent), self.category_logits(h, recent), self.action_logits(h),
+                          self.churn_logit(h, recent))
 
 
     @torch.no_grad()

@@ -378,3 +378,20 @@ def test_gradient_step_with_sparse_rows_equals_dense_updates(clip):
         assert torch.allclose(dense.weight, sparse.weight, atol=1e-6)
         assert not sparse.weight.grad.is_sparse
     assert not torch.equal(dense.weight, sparse.weight.new_zeros(10, 3))
+
+
+def test_predict_at_returns_only_the_outputs_asked_for():
+    cfg = TrainConfig(epochs=1, seed=0, progress=False, vocab_cutoff=None, hidden=16, emb=16, ring=8,
+                      device="cpu", calibrate_frac=0.0)
+    events = planted_events(20, 12, seed=3, pairs=3)
+    ck = train_model(events, cfg)
+    a = T.events_to_arrays(events)
+    data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
+                        a["action"], a["ts"], a["row"])
+    pos = np.array([30, 3, 17, 100])
+    every = predict_at(ck.model, data, pos)
+    assert set(every) == set(T.PREDICTIONS) and every["item_logits"].shape[0] == 4
+    cats = predict_at(ck.model, data, pos, outputs=("category_logits",))
+    assert list(cats) == ["category_logits"] and torch.equal(cats["category_logits"], every["category_logits"])
+    with pytest.raises(ValueError, match="unknown outputs"):
+        predict_at(ck.model, data, pos, outputs=("items",))
