@@ -338,13 +338,12 @@ def evaluate_model(model: SeqModel, b: SampleBatch, k: int = 20,
     for lo in range(0, n, rows):
         sub = b.rows(torch.arange(lo, min(n, lo + rows), device=b.lengths.device))
         h = _hidden(model, sub)
-        p = model.predict(h, sub.recent)
         ok = (sub.t_item > UNKNOWN) & model.item_valid[sub.t_item]
         if ok.any():
-            logits = p.item_logits[ok]
+            logits = model.item_logits(h, sub.recent)[ok]
             t = logits.gather(1, sub.t_item[ok].unsqueeze(1))
             ranks.append(((logits >= t) & torch.isfinite(logits)).sum(1).clamp(min=1).cpu())
-        ll_sum += float(F.cross_entropy(p.action_logits, sub.t_action, reduction="sum"))
+        ll_sum += float(F.cross_entropy(model.action_logits(h), sub.t_action, reduction="sum"))
     r = torch.cat(ranks).double() if ranks else torch.zeros(0, dtype=torch.float64)
     hit = r <= k
     if was_training:
