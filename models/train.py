@@ -469,7 +469,7 @@ class GradientStep:
     kept across steps, where only the previous step's rows are cleared, and the optimiser sees a
     plain dense gradient: the same update as with a dense table. A fresh [V, E] gradient per
     lookup (three per step) page-faulted on every allocation: on the Taobao time slice
-    (85k items) that was most of training's time."""
+    (85k items) that was about a third of training's time."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float):
         self.params = [p for p in model.parameters() if p.requires_grad]
