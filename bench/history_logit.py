@@ -1,0 +1,138 @@
+"""How well can hand-made features order a user's own history? A reference, not a benchmark.
+
+bench/headroom.py bounds R@20 for rankers that put the history first. This script asks about
+MRR: it fits a conditional logit (a softmax over the distinct ids of each event's last
+`--ring` events) on the train period's revisits, with features like the copy head's
+(recency rank, count, age, transitions from the newest id) plus visit-level ones (separate
+visits, length of the last visit, the newest id's visit and the time since it), and scores
+the evaluation's test events (../shared/EVALUATION.md's split) with new targets counted as
+misses. If no feature set lifts MRR@20 much above the model's, ordering the history better
+needs other information than the history's shape.
+
+    python bench/history_logit.py [--log ../shared/data/taobao_users.csv] [--format taobao] [--target category]
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.datasets import read_events  # noqa: E402
+from models.evaluate import EvalData, EventTable, build_eval_data  # noqa: E402
+
+DEFAULT_LOG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "taobao_users.csv"
+RANKS = 10  # one-hot recency ranks 0..9 (9 = 9 or more)
+FEATURES = [f"rank={k}" for k in range(RANKS)] + [
+    "log rank", "log count", "log minutes since", "log transitions from newest",
+    "log visits", "log last visit length",
+    "newest: log visits", "newest: log last visit length", "newest: log minutes to the event"]
+FEATURE_SETS = {
+    "recency only": RANKS + 1,
+    "+ count, age, transitions (the copy head's kind)": RANKS + 4,
+    "+ visits, last visit length": RANKS + 6,
+    "+ the newest id's visit and gap": RANKS + 9,
+}
+
+
+def history_features(d: EvalData, i: int, ring: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distinct ids of event i's last `ring` context events, newest first, and their features."""
+    lo = max(int(d.start[i]), i - ring)
+    ids, ts = d.y[lo:i], d.ts[lo:i]
+    if len(ids) == 0:
+        return None
+    newest = ids[-1]
+    count: dict[int, int] = {}
+    last_ts: dict[int, float] = {}
+    visits: dict[int, int] = {}
+    last_visit: dict[int, int] = {}
+    from_newest: dict[int, int] = {}
+    for j, c in enumerate(ids):
+        c = int(c)
+        count[c] = count.get(c, 0) + 1
+        last_ts[c] = float(ts[j])
+        if j == 0 or ids[j - 1] != c:
+            visits[c] = visits.get(c, 0) + 1
+            last_visit[c] = 0
+        last_visit[c] += 1
+        if j > 0 and ids[j - 1] == newest:
+            from_newest[c] = from_newest.get(c, 0) + 1
+    order = list(dict.fromkeys(int(c) for c in ids[::-1]))  # newest first
+    x = np.zeros((len(order), len(FEATURES)))
+    for k, c in enumerate(order):
+        x[k, min(k, RANKS - 1)] = 1.0
+        x[k, RANKS:RANKS + 6] = [np.log1p(k), np.log1p(count[c]), np.log1p((ts[-1] - last_ts[c]) / 60),
+                                 np.log1p(from_newest.get(c, 0)), np.log1p(visits[c]), np.log1p(last_visit[c])]
+    x[0, RANKS + 6:] = [np.log1p(visits[order[0]]), np.log1p(last_visit[order[0]]),
+                        np.log1p((d.ts[i] - ts[-1]) / 60)]
+    return np.array(order), x
+
+
+def revisit_rows(d: EvalData, events: np.ndarray, ring: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Padded features [N, G, F], mask [N, G] and target slot [N] of the events whose target is
+    in their history; also how many events there were in all."""
+    rows = []
+    for i in events:
+        h = history_features(d, int(i), ring)
+        if h is not None and (h[0] == d.y[i]).any():
+            rows.append((h[1], int(np.flatnonzero(h[0] == d.y[i])[0])))
+    g = max((len(x) for x, _ in rows), default=1)
+    x = torch.zeros(len(rows), g, len(FEATURES))
+    mask = torch.zeros(len(rows), g, dtype=torch.bool)
+    for r, (f, _) in enumerate(rows):
+        x[r, :len(f)] = torch.from_numpy(f).float()
+        mask[r, :len(f)] = True
+    return x, mask, torch.tensor([t for _, t in rows], dtype=torch.long), len(events)
+
+
+def fit_and_score(train, test, n_features: int) -> dict[str, float]:
+    x, mask, y, _ = train
+    w = torch.zeros(n_features, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        s = (x[..., :n_features] @ w).masked_fill(~mask, -1e9)
+        loss = F.cross_entropy(s, y) + 1e-3 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    x, mask, y, n_all = test
+    with torch.no_grad():
+        s = (x[..., :n_features] @ w).masked_fill(~mask, -1e9)
+        rank = ((s >= s.gather(1, y[:, None])) & mask).sum(1).float()  # ties count against
+    rr = torch.where(rank <= 20, 1.0 / rank, torch.zeros_like(rank))
+    return {"R@1": float((rank == 1).sum()) / n_all, "MRR@20": float(rr.sum()) / n_all,
+            "in-history MRR@20": float(rr.mean())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--log", default=str(DEFAULT_LOG))
+    ap.add_argument("--format", default="taobao")
+    ap.add_argument("--target", choices=["item", "category"], default="category")
+    ap.add_argument("--ring", type=int, default=200, help="history length per event (the model's ring)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    d = build_eval_data(EventTable.from_events(read_events(args.log, args.format)), args.target)
+    events = np.arange(len(d.y))
+    train = revisit_rows(d, events[d.is_train & (events > d.start)], args.ring)
+    test = revisit_rows(d, events[d.is_scored], args.ring)
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(f"{args.target}: {len(train[2])} train revisits; {test[3]} scored events, {len(test[2])} in their history")
+    print("| features | R@1 | MRR@20 | in-history MRR@20 |\n|---|---|---|---|")
+    for name, n in FEATURE_SETS.items():
+        m = fit_and_score(train, test, n)
+        print(f"| {name} | {m['R@1']:.4f} | {m['MRR@20']:.4f} | {m['in-history MRR@20']:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
