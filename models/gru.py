@@ -167,9 +167,12 @@ class RingGroups:
 
     pos: Tensor  # [N, G] ring position of each slot's newest occurrence (0 in empty slots)
     valid: Tensor  # [N, G] Bool: the slot holds an id
-    sums: Tensor  # [N, G, 3 + K]: occurrences, carts, purchases, then the sums of the K weights
     group_of: Tensor  # [N, L] row of `group_sums` for each ring position
-    group_sums: Tensor  # [N * L, 3 + K] the same sums per group, in sorted-id order
+    group_sums: Tensor  # [N * L, 3 + K]: occurrences, carts, purchases, then the sums of the K weights
+    sums: Tensor = field(init=False)  # [N, G, 3 + K] the same per slot (0 in empty slots)
+
+    def __post_init__(self) -> None:
+        self.sums = self.sums_at(self.pos) * self.valid.unsqueeze(-1)
 
     def sums_at(self, pos: Tensor) -> Tensor:
         """The sums of the id found at ring positions `pos` [N, M] -> [N, M, 3 + K]."""
@@ -208,9 +211,7 @@ def ring_groups(ids: Tensor, actions: Tensor, mask: Tensor, weights: Tensor | No
     slot = torch.where(latest.bool(), newer, torch.full_like(newer, G))  # G: a spare slot, dropped
     slot_pos = torch.zeros(n, G + 1, dtype=torch.long, device=dev).scatter_(1, slot, pos)[:, :G]
     valid = torch.arange(G, device=dev) < latest.sum(-1, keepdim=True)
-    rows = group_of.gather(1, slot_pos).reshape(-1)
-    sums = group_sums.index_select(0, rows).view(n, G, cols.shape[1]) * valid.unsqueeze(-1)
-    return RingGroups(slot_pos, valid, sums, group_of, group_sums)
+    return RingGroups(slot_pos, valid, group_of, group_sums)
 
 
 def rank_bucket(rank: Tensor) -> Tensor:
@@ -361,8 +362,8 @@ class CopyHead(nn.Module):
         newest[:, 0] = valid[:, 0]  # slot 0 is the newest event's id
         if groups is not None:
             same_g = (at(groups) == groups[:, -1:]) & valid
-            group_sums = ring_groups(groups, torch.zeros_like(actions), mask, dw).sums_at(pos)
-            g_count = torch.where(valid, group_sums[..., 0].long().clamp(max=self.max_count - 1), 0)
+            slot_group_sums = ring_groups(groups, torch.zeros_like(actions), mask, dw).sums_at(pos)
+            g_count = torch.where(valid, slot_group_sums[..., 0].long().clamp(max=self.max_count - 1), 0)
         else:
             same_g = torch.zeros_like(valid)
             g_count = torch.zeros_like(count)
@@ -389,7 +390,7 @@ class CopyHead(nn.Module):
         if self.decay_w is not None:
             e = e + torch.log1p(rg.sums[..., 3: 3 + N_DECAY]) @ self.decay_w
             if groups is not None:  # the same for the id's group: "the user is back on this kind"
-                e = e + torch.log1p(group_sums[..., 3:]) @ self.group_decay_w
+                e = e + torch.log1p(slot_group_sums[..., 3:]) @ self.group_decay_w
         any_valid = valid[:, :1]
         log_attn = torch.log_softmax(torch.where(any_valid, e.masked_fill(~valid, NEG_INF), torch.zeros_like(e)), -1)
         log_attn = log_attn.masked_fill(~valid, NEG_INF)
