@@ -463,6 +463,11 @@ class SeqModel(nn.Module):
             self.register_buffer("cat_succ_ids", torch.zeros(cfg.n_categories, cfg.cat_successors, dtype=torch.long))
             self.register_buffer("cat_succ_counts", torch.zeros(cfg.n_categories, cfg.cat_successors))
             self.cat_succ_w = nn.Parameter(torch.zeros(1))
+            # served category rankings read the successor term times this factor, fitted on
+            # held-out events by MRR@20 (models.train.calibrate_successor_rank), not by likelihood:
+            # on the Taobao time slice a sharper successor term orders new categories better
+            # while held-out NLL wants the learned weight. Categories are served as a ranking only.
+            self.register_buffer("cat_succ_rank_scale", torch.ones(1))
         else:
             self.cat_succ_w = None
         nn.init.normal_(self.item_emb.weight, std=0.05)
@@ -538,14 +543,15 @@ class SeqModel(nn.Module):
             return F.linear(q, self.item_emb.weight, self.item_bias)
         return F.linear(q, self.item_vectors(candidates), self.item_bias[candidates])
 
-    def cat_explore_logits(self, h: Tensor, newest: Tensor | None = None, own: Tensor | None = None) -> Tensor:
-        """q(h) . C[c] / T + b[c], plus the successor term of the `newest` category [N] (see
-        `cat_successor_scores`)."""
+    def cat_explore_logits(self, h: Tensor, newest: Tensor | None = None, own: Tensor | None = None,
+                           successor_scale: Tensor | float = 1.0) -> Tensor:
+        """q(h) . C[c] / T + b[c], plus `successor_scale` x the successor term of the `newest`
+        category [N] (see `cat_successor_scores`)."""
         q = self.cat_query(self.drop(h)) / self.explore_temp[1]
         logits = F.linear(q, self.cat_emb.weight, self.cat_bias)
         if newest is None or self.cat_succ_w is None:
             return logits
-        return logits + self.cat_successor_scores(newest, own)
+        return logits + successor_scale * self.cat_successor_scores(newest, own)
 
     def set_category_successors(self, ids: Tensor, counts: Tensor) -> None:
         """[n_categories, M] successor ids (0: none) and their train counts."""
@@ -620,11 +626,17 @@ class SeqModel(nn.Module):
         return self.mixture(la, gate, recent.items, self.item_explore_logits(h), self.item_valid,
                             self.cfg.fusion == "tiered")
 
-    def category_logits(self, h: Tensor, recent: Recent) -> Tensor:
-        """Log-probabilities over every category [N, n_categories]."""
+    def category_logits(self, h: Tensor, recent: Recent, successor_scale: Tensor | float | None = None,
+                        own: Tensor | None = None) -> Tensor:
+        """Log-scores over every category [N, n_categories], a distribution ordered for ranking:
+        the successor term is scaled by `cat_succ_rank_scale` (or `successor_scale`). `own`: as
+        in `cat_successor_scores`."""
+        if successor_scale is None:
+            successor_scale = self.cat_succ_rank_scale if self.cat_succ_w is not None else 1.0
         la, gate = self.copy_category(h, recent)
-        return self.mixture(la, gate, recent.categories, self.cat_explore_logits(h, recent.categories[:, -1]),
-                            self.cat_valid, self.cfg.fusion == "tiered", self.cfg.cat_history_first)
+        explore = self.cat_explore_logits(h, recent.categories[:, -1], own, successor_scale)
+        return self.mixture(la, gate, recent.categories, explore, self.cat_valid, self.cfg.fusion == "tiered",
+                            self.cfg.cat_history_first)
 
     def predict(self, h: Tensor, recent: Recent) -> Prediction:
         return Prediction(self.item_logits(h, recent), self.category_logits(h, recent), self.action_logits(h),
@@ -768,7 +780,7 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
 
 
 LEGACY_CONFIG = {"copy_decay": False, "copy_transitions": False, "cat_successors": 0, "cat_history_first": False}
-CALIBRATION_KEYS = ("explore_temp", "gate_shift", "action_temp", "action_shift")
+CALIBRATION_KEYS = ("explore_temp", "gate_shift", "action_temp", "action_shift", "cat_succ_rank_scale")
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None) -> Checkpoint:

@@ -342,17 +342,62 @@ def test_successor_scores_leave_the_rows_own_transition_out():
         assert torch.allclose(m.cat_explore_logits(h, recent.categories[:, -1]) - plain, s[:1])
 
 
+def test_successor_rank_scale_is_fitted_by_held_out_mrr_and_served():
+    """calibrate_successor_rank picks the factor on the successor term with the best held-out
+    MRR@20: where the successor table predicts every new category but the learned weight is too
+    small to beat a noisy popularity bias, a large factor; where the weight is zero the factors
+    tie and 1x stays. `category_logits` serves the fitted factor."""
+    n_users, length, ring_of = 40, 8, 20
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, ring_of, n_users)
+    user = np.repeat(np.arange(n_users), length)
+    cats = 2 + (np.repeat(start, length) + np.tile(np.arange(length), n_users)) % ring_of  # c -> c + 1
+    ts = (user * 10 + np.tile(np.arange(length), n_users)).astype(float)
+    data = make_seqdata(user, rng.integers(2, 30, len(user)), cats, np.zeros(len(user), dtype=np.int64), ts)
+    m = SeqModel(ModelConfig(n_items=30, n_categories=ring_of + 2, hidden=8, emb=8, ring=10, cat_successors=4))
+    m.set_valid(30, ring_of + 2)
+    m.set_category_successors(*map(torch.as_tensor, T.category_successors(data, ring_of + 2, 4)))
+    since = float(np.quantile(data.ts, 0.5))
+    with torch.no_grad():
+        m.cat_bias.copy_(torch.randn(ring_of + 2, generator=torch.Generator().manual_seed(0)) * 2.0)
+        m.cat_succ_w.fill_(0.0)
+    flat = T.calibrate_successor_rank(m, data, since)
+    assert flat["successor_rank_scale"] == 1.0 and flat["successor_rank_rows"] > 50
+    with torch.no_grad():
+        m.cat_succ_w.fill_(0.05)
+    fit = T.calibrate_successor_rank(m, data, since)
+    assert fit["successor_rank_scale"] >= 8.0
+    assert fit["successor_rank_mrr20_after"] > 1.5 * fit["successor_rank_mrr20_before"]
+    assert m.cat_succ_rank_scale.item() == fit["successor_rank_scale"]
+    h, recent = torch.zeros(2, 8), Recent(*(torch.tensor([[3, 4], [5, 6]]) for _ in range(2)),
+                                          torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 4),
+                                          torch.ones(2, 2, dtype=torch.bool))
+    with torch.no_grad():
+        served = m.category_logits(h, recent)
+        assert torch.equal(served, m.category_logits(h, recent, successor_scale=fit["successor_rank_scale"]))
+        assert not torch.equal(served, m.category_logits(h, recent, successor_scale=1.0))
+        successor = torch.tensor([[5], [7]])  # of the newest ring category
+        rank = lambda s: (s >= s.gather(1, successor)).sum(1)  # noqa: E731
+        assert (rank(served) < rank(m.category_logits(h, recent, successor_scale=1.0))).all()
+
+
 def test_training_sets_the_successor_table_and_checkpoints_carry_it(tmp_path):
     events = planted_events(n_users=30, length=12, seed=3)
     ck = train_model(events, TrainConfig(epochs=1, progress=False, hidden=16, emb=8, ring=10, seed=0))
     m = ck.model
     assert m.cat_succ_counts.sum() > 0 and m.cat_succ_counts.shape == (m.cfg.n_categories, 32)
     path = tmp_path / "m.pt"
+    with torch.no_grad():
+        m.cat_succ_rank_scale.fill_(4.0)
     save_checkpoint(path, m, ck.item_vocab, ck.category_vocab, version=1, meta={})
     back = load_checkpoint(path, device="cpu")
     assert torch.equal(back.model.cat_succ_ids, m.cat_succ_ids) and torch.equal(back.model.cat_succ_w, m.cat_succ_w)
-    assert back.config.cat_history_first
-    blob = torch.load(path, weights_only=True)  # as written before the table and the tier existed
+    assert back.config.cat_history_first and back.model.cat_succ_rank_scale.item() == 4.0
+    blob = torch.load(path, weights_only=True)  # as written before the ranking factor existed
+    del blob["state_dict"]["cat_succ_rank_scale"]
+    torch.save(blob, path)
+    assert load_checkpoint(path, device="cpu").model.cat_succ_rank_scale.item() == 1.0
+    # as written before the table and the tier existed
     del blob["config"]["cat_successors"], blob["config"]["cat_history_first"]
     for key in ("cat_succ_ids", "cat_succ_counts", "cat_succ_w"):
         del blob["state_dict"][key]
