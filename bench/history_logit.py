@@ -9,7 +9,15 @@ the evaluation's test events (../shared/EVALUATION.md's split) with new targets 
 misses. If no feature set lifts MRR@20 much above the model's, ordering the history better
 needs other information than the history's shape.
 
+`--all-candidates` also fits the logit over every candidate, not only the history: each
+candidate gets the history features (zero when it is new to the user), an in-history flag, and
+train-log signals with the user's own train events left out (successor counts of the newest
+id, co-occurrence over the last ten distinct ids, popularity, and how often users who had the
+history's ids also had the candidate). It is a learned stand-in for `bench/headroom.py`'s
+bound: a ranker free to put a new id above an old one, over the same signals.
+
     python bench/history_logit.py [--log ../shared/data/taobao_users.csv] [--format taobao] [--target category]
+                                  [--all-candidates [--train-events 2000]]
 """
 from __future__ import annotations
 
@@ -109,8 +117,71 @@ def fit_and_score(train, test, n_features: int) -> dict[str, float]:
         s = (x[..., :n_features] @ w).masked_fill(~mask, -1e9)
         rank = ((s >= s.gather(1, y[:, None])) & mask).sum(1).float()  # ties count against
     rr = torch.where(rank <= 20, 1.0 / rank, torch.zeros_like(rank))
-    return {"R@1": float((rank == 1).sum()) / n_all, "MRR@20": float(rr.sum()) / n_all,
+    return {"R@1": float((rank == 1).sum()) / n_all, "R@20": float((rank <= 20).sum()) / n_all,
+            "MRR@20": float(rr.sum()) / n_all,
             "in-history MRR@20": float(rr.mean())}
+
+
+GLOBAL_FEATURES = ["in history", "log successor count", "successor share", "co-occurrence share",
+                   "log popularity", "user co-visitation"]
+CO_LAST = 10  # distinct ids whose successors the co-occurrence signal sums, as in bench/headroom.py
+
+
+class TrainSignals:
+    """Train-log signals for every candidate, leave-one-user-out: a user's own train events are
+    subtracted, so the logit cannot learn from counts that include the row's answer."""
+
+    def __init__(self, d: EvalData) -> None:
+        tr = np.flatnonzero(d.is_train)
+        a, b = tr[:-1], tr[1:]
+        pair = (d.user[a] == d.user[b]) & (d.y[a] != d.y[b])
+        self.a, self.b, self.pair_user = d.y[a][pair], d.y[b][pair], d.user[a][pair]
+        self.succ = np.zeros((d.n_V, d.n_V))
+        np.add.at(self.succ, (self.a, self.b), 1.0)
+        self.pop = np.bincount(d.y[tr], minlength=d.n_V).astype(np.float64)
+        self.had = np.zeros((d.n_users, d.n_V))  # user x id: ever in the user's train events
+        self.had[d.user[tr], d.y[tr]] = 1.0
+        self.covisit = self.had.T @ self.had
+        self.d, self.tr = d, tr
+
+    def features(self, i: int, distinct_newest_first: list[int]) -> np.ndarray:
+        d, u = self.d, int(self.d.user[i])
+        own = self.pair_user == u
+        rows = distinct_newest_first[:CO_LAST]
+        succ = self.succ[rows].copy()  # [r, V]
+        for k, a in enumerate(rows):  # less the user's own transitions out of a
+            np.subtract.at(succ[k], self.b[own & (self.a == a)], 1.0)
+        share = succ / np.maximum(succ.sum(1, keepdims=True), 1.0)
+        pop = self.pop - np.bincount(d.y[self.tr[d.user[self.tr] == u]], minlength=d.n_V)
+        seen = np.asarray(distinct_newest_first)
+        co = self.covisit[seen] - self.had[u, seen, None] * self.had[u]  # others' co-visits
+        deg = np.maximum(np.diag(self.covisit)[seen] - self.had[u, seen], 1.0)
+        x = np.zeros((d.n_V, len(GLOBAL_FEATURES)))
+        x[seen, 0] = 1.0
+        x[:, 1] = np.log1p(succ[0])
+        x[:, 2] = share[0]
+        x[:, 3] = share.sum(0)
+        x[:, 4] = np.log1p(pop)
+        x[:, 5] = 0.8 ** np.arange(len(seen)) @ (co / deg[:, None])  # newer history ids weigh more
+        return x
+
+
+def candidate_rows(d: EvalData, events: np.ndarray, ring: int, signals: TrainSignals) -> tuple[torch.Tensor, ...]:
+    """Features [N, V, F] over every candidate, an all-true mask and the target [N]."""
+    xs, ys = [], []
+    for i in events:
+        h = history_features(d, int(i), ring)
+        if h is None:
+            continue
+        order, hx = h
+        x = np.zeros((d.n_V, len(FEATURES) + len(GLOBAL_FEATURES)), dtype=np.float32)
+        x[order, :len(FEATURES)] = hx
+        lo = max(int(d.start[i]), int(i) - ring)
+        x[:, len(FEATURES):] = signals.features(int(i), list(dict.fromkeys(d.y[lo:int(i)][::-1].tolist())))
+        xs.append(torch.from_numpy(x))
+        ys.append(int(d.y[i]))
+    x = torch.stack(xs)
+    return x, torch.ones(x.shape[:2], dtype=torch.bool), torch.tensor(ys), len(events)
 
 
 def main() -> int:
@@ -119,6 +190,10 @@ def main() -> int:
     ap.add_argument("--format", default="taobao")
     ap.add_argument("--target", choices=["item", "category"], default="category")
     ap.add_argument("--ring", type=int, default=200, help="history length per event (the model's ring)")
+    ap.add_argument("--all-candidates", action="store_true",
+                    help="also fit over every candidate with leave-user-out train signals")
+    ap.add_argument("--train-events", type=int, default=2000,
+                    help="train rows for --all-candidates (a random sample; memory: rows x candidates)")
     args = ap.parse_args()
     torch.manual_seed(0)
     d = build_eval_data(EventTable.from_events(read_events(args.log, args.format)), args.target)
@@ -131,6 +206,27 @@ def main() -> int:
     for name, n in FEATURE_SETS.items():
         m = fit_and_score(train, test, n)
         print(f"| {name} | {m['R@1']:.4f} | {m['MRR@20']:.4f} | {m['in-history MRR@20']:.4f} |")
+    if args.all_candidates:
+        cells = (args.train_events + test[3]) * d.n_V * (len(FEATURES) + len(GLOBAL_FEATURES))
+        if cells > 5e8:
+            print(f"--all-candidates: {d.n_V} candidates x {args.train_events + test[3]} rows needs "
+                  f"{cells * 4 / 2**30:.0f} GB of features; it is meant for logs of taobao_users' size",
+                  file=sys.stderr)
+            return 2
+        signals = TrainSignals(d)
+        pool = events[d.is_train & (events > d.start)]
+        sample = np.sort(np.random.default_rng(0).choice(pool, min(args.train_events, len(pool)), replace=False))
+        train_all = candidate_rows(d, sample, args.ring, signals)
+        test_all = candidate_rows(d, events[d.is_scored], args.ring, signals)
+        n_hist = len(FEATURES)
+        print(f"\nover every candidate ({d.n_V}), {len(sample)} train rows:")
+        print("| features | R@1 | R@20 | MRR@20 |\n|---|---|---|---|")
+        for name, cols in (("history features + in-history flag", list(range(n_hist + 1))),
+                           ("+ train-log signals (successors, co-occurrence, popularity, co-visitation)",
+                            list(range(n_hist + len(GLOBAL_FEATURES))))):
+            m = fit_and_score(tuple(t[..., cols] if k == 0 else t for k, t in enumerate(train_all)),
+                              tuple(t[..., cols] if k == 0 else t for k, t in enumerate(test_all)), len(cols))
+            print(f"| {name} | {m['R@1']:.4f} | {m['R@20']:.4f} | {m['MRR@20']:.4f} |")
     return 0
 
 
