@@ -719,7 +719,7 @@ def calibrate_successor_rank(model: SeqModel, data: SeqData, since_ts: float, ma
     pos = np.sort(np.random.default_rng(seed).choice(pos, min(max_rows, len(pos)), replace=False))
     rr = torch.zeros(len(SUCCESSOR_SCALES), len(pos), dtype=torch.float64)  # reciprocal ranks [S, N]
     for sel, h, r in states_at(model, data, pos):
-        target = torch.as_tensor(data.cats, device=model.device)[torch.as_tensor(pos[sel] + 1)]
+        target = torch.as_tensor(data.cats, device=model.device)[torch.as_tensor(pos[sel] + 1, device=model.device)]
         for j, scale in enumerate(SUCCESSOR_SCALES):
             # the held-out transitions are among the counted ones: each row's own is left out
             scores = model.category_logits(h, r, successor_scale=scale, own=target)
