@@ -19,7 +19,8 @@ After each event `predict` gives, for the user's NEXT event:
   items are revisits, so the copy path is what lets a sequence model beat the "repeat" baseline;
 - the same mixture for categories, with two differences: the user's own categories always rank
   above new ones (`cat_history_first`), and the explore head also reads train successor counts
-  of the newest category (`cat_successors`);
+  of the newest category (`cat_successors`), scaled in served rankings by a factor fitted on
+  held-out events by MRR@20 (`cat_succ_rank_scale`: categories are only served as a ranking);
 - next action (3-way softmax) and churn (a logit; sigmoid = P(no event within the horizon)).
 
 Ids: `Vocab` maps raw ids to a bounded index range (0 = padding, 1 = unknown).
