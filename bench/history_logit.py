@@ -138,11 +138,12 @@ class TrainSignals:
         self.a, self.b, self.pair_user = d.y[a][pair], d.y[b][pair], d.user[a][pair]
         self.succ = np.zeros((d.n_V, d.n_V))
         np.add.at(self.succ, (self.a, self.b), 1.0)
-        self.pop = np.bincount(d.y[tr], minlength=d.n_V).astype(np.float64)
-        self.had = np.zeros((d.n_users, d.n_V))  # user x id: ever in the user's train events
-        self.had[d.user[tr], d.y[tr]] = 1.0
+        self.user_counts = np.zeros((d.n_users, d.n_V))  # user x id: train events
+        np.add.at(self.user_counts, (d.user[tr], d.y[tr]), 1.0)
+        self.pop = self.user_counts.sum(0)
+        self.had = (self.user_counts > 0).astype(np.float64)
         self.covisit = self.had.T @ self.had
-        self.d, self.tr = d, tr
+        self.d = d
 
     def features(self, i: int, distinct_newest_first: list[int]) -> np.ndarray:
         d, u = self.d, int(self.d.user[i])
@@ -152,7 +153,7 @@ class TrainSignals:
         for k, a in enumerate(rows):  # less the user's own transitions out of a
             np.subtract.at(succ[k], self.b[own & (self.a == a)], 1.0)
         share = succ / np.maximum(succ.sum(1, keepdims=True), 1.0)
-        pop = self.pop - np.bincount(d.y[self.tr[d.user[self.tr] == u]], minlength=d.n_V)
+        pop = self.pop - self.user_counts[u]
         seen = np.asarray(distinct_newest_first)
         co = self.covisit[seen] - self.had[u, seen, None] * self.had[u]  # others' co-visits
         deg = np.maximum(np.diag(self.covisit)[seen] - self.had[u, seen], 1.0)

@@ -464,13 +464,13 @@ class SeqModel(nn.Module):
             self.register_buffer("cat_succ_ids", torch.zeros(cfg.n_categories, cfg.cat_successors, dtype=torch.long))
             self.register_buffer("cat_succ_counts", torch.zeros(cfg.n_categories, cfg.cat_successors))
             self.cat_succ_w = nn.Parameter(torch.zeros(1))
-            # served category rankings read the successor term times this factor, fitted on
-            # held-out events by MRR@20 (models.train.calibrate_successor_rank), not by likelihood:
-            # on the Taobao time slice a sharper successor term orders new categories better
-            # while held-out NLL wants the learned weight. Categories are served as a ranking only.
-            self.register_buffer("cat_succ_rank_scale", torch.ones(1))
         else:
             self.cat_succ_w = None
+        # served category rankings read the successor term times this factor, fitted on held-out
+        # events by MRR@20 (models.train.calibrate_successor_rank), not by likelihood: on the
+        # Taobao time slice a sharper successor term orders new categories better while held-out
+        # NLL wants the learned weight. Categories are served as a ranking only.
+        self.register_buffer("cat_succ_rank_scale", torch.ones(1))
         nn.init.normal_(self.item_emb.weight, std=0.05)
         nn.init.normal_(self.cat_emb.weight, std=0.05)
         with torch.no_grad():
@@ -633,7 +633,7 @@ class SeqModel(nn.Module):
         the successor term is scaled by `cat_succ_rank_scale` (or `successor_scale`). `own`: as
         in `cat_successor_scores`."""
         if successor_scale is None:
-            successor_scale = self.cat_succ_rank_scale if self.cat_succ_w is not None else 1.0
+            successor_scale = self.cat_succ_rank_scale
         la, gate = self.copy_category(h, recent)
         explore = self.cat_explore_logits(h, recent.categories[:, -1], own, successor_scale)
         return self.mixture(la, gate, recent.categories, explore, self.cat_valid, self.cfg.fusion == "tiered",

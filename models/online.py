@@ -61,7 +61,8 @@ from torch import Tensor
 from models.gru import (GAP_FIRST, UNKNOWN, Checkpoint, Recent, SeqModel, Vocab, gap_bucket,
                         load_checkpoint, save_checkpoint)
 from models.schema import ACTIONS
-from models.train import GradientStep, NegativeSampler, TrainConfig, category_log_prob, item_log_prob
+from models.train import (GradientStep, NegativeSampler, TrainConfig, category_log_prob, item_log_prob,
+                          target_ranks)
 
 SAMPLE_FORMAT = 1
 MAX_SAMPLE_EVENTS = 1000  # the ring is at most 1000 long (Settings.validate)
@@ -340,9 +341,7 @@ def evaluate_model(model: SeqModel, b: SampleBatch, k: int = 20,
         h = _hidden(model, sub)
         ok = (sub.t_item > UNKNOWN) & model.item_valid[sub.t_item]
         if ok.any():
-            logits = model.item_logits(h, sub.recent)[ok]
-            t = logits.gather(1, sub.t_item[ok].unsqueeze(1))
-            ranks.append(((logits >= t) & torch.isfinite(logits)).sum(1).clamp(min=1).cpu())
+            ranks.append(target_ranks(model.item_logits(h, sub.recent)[ok], sub.t_item[ok]).cpu())
         ll_sum += float(F.cross_entropy(model.action_logits(h), sub.t_action, reduction="sum"))
     r = torch.cat(ranks).double() if ranks else torch.zeros(0, dtype=torch.float64)
     hit = r <= k

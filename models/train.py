@@ -663,14 +663,13 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
     TEMPERATURES [N, T] (exact: over every valid id)."""
     acc: dict[str, list[Tensor]] = {"log_rep": [], "gate": [], "log_exp": [], "order": []}
     temps = torch.tensor(TEMPERATURES, device=model.device).view(-1, 1, 1)
+    targets = torch.as_tensor(data.items if task == "item" else data.cats, device=model.device)
     for sel, h, r in states_at(model, data, positions, batch_users):
-        nxt = torch.as_tensor(positions[sel] + 1, device=model.device)
+        target = targets[torch.as_tensor(positions[sel] + 1, device=model.device)]
         if task == "item":
-            target = torch.as_tensor(data.items, device=model.device)[nxt]
             la, gate = model.copy_item(h, r)
             ring, logits, bias, valid = r.items, model.item_explore_logits(h), model.item_bias, model.item_valid
         else:
-            target = torch.as_tensor(data.cats, device=model.device)[nxt]
             la, gate = model.copy_category(h, r)
             ring, logits, bias, valid = r.categories, model.cat_explore_logits(h), model.cat_bias, model.cat_valid
             # the successor term stays untempered, like the bias (the held-out transitions are
@@ -696,6 +695,13 @@ def _fusion_parts(model: SeqModel, data: SeqData, positions: np.ndarray, task: s
     return out
 
 
+def target_ranks(scores: Tensor, target: Tensor) -> Tensor:
+    """Rank of each row's target [N] among the finite scores [N, V]: how many candidates score at
+    least as high (ties count against, as in models.evaluate.ranks_of_targets); at least 1."""
+    t = scores.gather(1, target.unsqueeze(1))
+    return ((scores >= t) & torch.isfinite(scores)).sum(1).clamp(min=1)
+
+
 SUCCESSOR_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 
 
@@ -718,12 +724,13 @@ def calibrate_successor_rank(model: SeqModel, data: SeqData, since_ts: float, ma
         return {"successor_rank_rows": float(len(pos))}
     pos = np.sort(np.random.default_rng(seed).choice(pos, min(max_rows, len(pos)), replace=False))
     rr = torch.zeros(len(SUCCESSOR_SCALES), len(pos), dtype=torch.float64)  # reciprocal ranks [S, N]
+    cats = torch.as_tensor(data.cats, device=model.device)
     for sel, h, r in states_at(model, data, pos):
-        target = torch.as_tensor(data.cats, device=model.device)[torch.as_tensor(pos[sel] + 1, device=model.device)]
+        target = cats[torch.as_tensor(pos[sel] + 1, device=model.device)]
         for j, scale in enumerate(SUCCESSOR_SCALES):
             # the held-out transitions are among the counted ones: each row's own is left out
             scores = model.category_logits(h, r, successor_scale=scale, own=target)
-            rank = (scores >= scores.gather(1, target.unsqueeze(1))).sum(1).double()
+            rank = target_ranks(scores, target).double()
             rr[j, sel] = torch.where(rank <= k, 1.0 / rank, torch.zeros_like(rank)).cpu()
     mrr = rr.mean(1)
     best = int(torch.nonzero(mrr == mrr.max())[0])
