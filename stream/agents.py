@@ -166,6 +166,22 @@ class ScoringPipeline:
         except Exception:  # not assigned (any more), or not started
             return None
 
+    def input_lag(self) -> dict[str, int | str]:
+        """Per assigned input partition: records Kafka has beyond the fetch position (from the
+        last fetch's highwater), or "paused" where the fetcher is paused. Lag that stays while
+        nothing arrives means a stalled fetch."""
+        lag: dict[str, int | str] = {}
+        for tp in sorted(self.wiring.app.consumer.assignment()):
+            state = self._fetch_state(tp) if tp.topic in self.settings.input_topics else None
+            if state is None:
+                continue
+            name = f"{tp.topic}[{tp.partition}]"
+            if state.paused:
+                lag[name] = "paused"
+            elif state.highwater is not None and state.has_valid_position:
+                lag[name] = state.highwater - state.position
+        return lag
+
     def _last_poll_ms(self, tp: TP) -> float | None:
         state = self._fetch_state(tp)
         return None if state is None else state.timestamp
@@ -395,7 +411,8 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         # faust's backpressure: input partitions it stopped fetching because a stream buffer
         # was full (they come back when the buffer drains)
         paused = sorted(f"{tp.topic}[{tp.partition}]" for tp in getattr(consumer, "_buffered_partitions", ()))
-        log.info("seqstream metrics %s backpressured=%s", pipeline.metrics.snapshot(), paused)
+        log.info("seqstream metrics %s backpressured=%s lag=%s", pipeline.metrics.snapshot(), paused,
+                 pipeline.input_lag())
 
     if settings.web_port > 0:
         @app.page("/seqstream/metrics")

@@ -103,8 +103,9 @@ def untrained_checkpoint(path: Path, n_items: int, n_categories: int, *, hidden:
 def send_events(bootstrap: str, settings: Settings, events: list[LogEvent]) -> None:
     """Produce events to their input topics with kafka-python, as a shop would."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for ev in events:
-        producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
-                      value=encode_value(ev))
+    sent = [producer.send(input_topic(ev.action, settings.prefix), key=user_key(ev.user_id),
+                          value=encode_value(ev)) for ev in events]
     producer.flush(30)
+    for future in sent:  # a failed send raises here, not as a missing prediction much later
+        future.get(timeout=30)
     producer.close()
