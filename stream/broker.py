@@ -469,7 +469,9 @@ class EmbeddedBroker:
         # Static quorum (controller.quorum.voters in the props), so a cluster id is all
         # `format` needs; no --standalone / --initial-controllers.
         cmd = self._java_cmd(java, libs, STORAGE_TOOL, heap="256m") + [
-            "format", "--config", str(self.props_file), "--cluster-id", cluster_id, "--ignore-formatted"]
+            # "=": an id may start with "-" (1 in 64 random ids), which a separate argument would
+            # pass off as an option ("--cluster-id: expected one argument")
+            "format", "--config", str(self.props_file), f"--cluster-id={cluster_id}", "--ignore-formatted"]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
