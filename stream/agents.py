@@ -93,8 +93,11 @@ class ScoringPipeline:
         self.reorder: ReorderBuffer[Any] = ReorderBuffer(settings.input_topics,
                                                          grace_ms=settings.order_grace_ms)
         self.delivered: dict[tuple[str, int], int] = {}  # last offset handed to us per input tp
+        self.first_delivered: dict[tuple[str, int], int] = {}  # ...and the first since its assignment
         self._idle_since: dict[TP, float] = {}  # see caught_up
-        self._events_seen, self._events_changed = 0, time.monotonic()  # see stalled_inputs
+        self._events_seen, self._events_changed = 0, time.monotonic()  # see _quiet_for
+        self._reread_at: dict[TP, int] = {}  # see skipped_fetches
+        self._reread_start: set[TP] = set()
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
@@ -182,6 +185,23 @@ class ScoringPipeline:
                 lag[name] = state.highwater - state.position
         return lag
 
+    def fetch_positions(self) -> dict[TP, int]:
+        """The fetcher's position (the next offset it will hand over) per assigned input partition."""
+        positions: dict[TP, int] = {}
+        for tp in self.wiring.app.consumer.assignment():
+            state = self._fetch_state(tp) if tp.topic in self.settings.input_topics else None
+            if state is not None and state.has_valid_position:
+                positions[tp] = state.position
+        return positions
+
+    def in_flight(self, backpressured: set[TP]) -> bool:
+        """Whether input records may sit between the fetcher and this agent's batches."""
+        inputs = set(self.settings.input_topics)
+        queued = any(channel.queue.qsize() for channel in self.wiring.app.topics
+                     if inputs & set(getattr(channel, "topics", ())))
+        return (queued or any(tp.topic in inputs for tp in backpressured) or bool(self.reorder.size)
+                or self.state_lock.locked())
+
     def _last_poll_ms(self, tp: TP) -> float | None:
         state = self._fetch_state(tp)
         return None if state is None else state.timestamp
@@ -227,6 +247,7 @@ class ScoringPipeline:
             msg = fev.message
             key = (msg.topic, msg.partition)
             self.delivered[key] = max(msg.offset, self.delivered.get(key, -1))
+            self.first_delivered.setdefault(key, msg.offset)
             if key not in seen_ms:  # the fetch that brought it is no newer than this
                 seen_ms[key] = self._last_poll_ms(TP(*key)) or 0.0
         valid, invalid = self.decode(batch)
@@ -291,10 +312,51 @@ class ScoringPipeline:
         faust resumes a partition when the stream's queue drains; in rare runs that callback is
         lost and the worker waits forever with the queue empty and the partitions paused (seen
         once in a max-speed replay: 39,324 of 45,000 events, then nothing for 12 minutes)."""
+        inputs = {tp for tp in paused if tp.topic in self.settings.input_topics}
+        return inputs if inputs and self._quiet_for(now) >= quiet_s else set()
+
+    def skipped_fetches(self, positions: dict[TP, int], committed: dict[TP, int | None], now: float,
+                        in_flight: bool, quiet_s: float = 10.0) -> dict[TP, int]:
+        """Input partitions where faust took records from the fetcher that never reached this
+        agent, each with the offset to read again from.
+
+        Once faust has taken records from the fetcher, Kafka does not send them again before the
+        next rebalance. In about 1 restart in 50, faust took a record while recovery's seek to the
+        committed offsets was in flight, and it never reached the stream: committed offset 58,
+        fetch position 59, nothing delivered, the worker idle for good. Two checks find such a
+        loss, each re-reading a partition once (a gap that stays, such as a transaction marker,
+        which takes an offset but holds no record, is not a loss):
+        - the first offset delivered since the assignment is past the committed offset, which
+          then cannot move (faust commits contiguous acks only): re-read from the committed one;
+        - the worker is quiet for `quiet_s` with nothing in flight, and the fetch position is past
+          one beyond the last delivered offset (or the committed one, if nothing was delivered):
+          re-read from there."""
+        quiet = self._quiet_for(now) >= quiet_s and not in_flight
+        reread: dict[TP, int] = {}
+        for tp, position in positions.items():
+            if tp.topic not in self.settings.input_topics:
+                continue
+            first = self.first_delivered.get((tp.topic, tp.partition))
+            since = committed.get(tp)
+            if first is not None and since is not None and first > since and tp not in self._reread_start:
+                self._reread_start.add(tp)
+                reread[tp] = since
+                continue
+            if not quiet:
+                continue
+            last = self.delivered.get((tp.topic, tp.partition))
+            expected = last + 1 if last is not None else since
+            if expected is None or position <= expected or self._reread_at.get(tp) == position:
+                continue
+            self._reread_at[tp] = position
+            reread[tp] = expected
+        return reread
+
+    def _quiet_for(self, now: float) -> float:
+        """Seconds since events_in last moved (as seen by these periodic checks)."""
         if self.metrics.events_in != self._events_seen:
             self._events_seen, self._events_changed = self.metrics.events_in, now
-        inputs = {tp for tp in paused if tp.topic in self.settings.input_topics}
-        return inputs if inputs and now - self._events_changed >= quiet_s else set()
+        return now - self._events_changed
 
     def on_revoked(self, revoked: set) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in self.settings.input_topics}
@@ -302,6 +364,9 @@ class ScoringPipeline:
         for tp in revoked:
             self.delivered.pop((tp.topic, tp.partition), None)
             self._idle_since.pop(tp, None)
+            self.first_delivered.pop((tp.topic, tp.partition), None)
+            self._reread_at.pop(tp, None)
+            self._reread_start.discard(tp)
         if dropped:  # not scored, not acked: the partition's next owner reads them again
             log.info("rebalance: handed back %d buffered events", len(dropped))
 
@@ -396,14 +461,24 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         await pipeline.sweep()
 
     @app.timer(interval=1.0)
-    async def resume_stalled_inputs() -> None:
+    async def unstick_inputs() -> None:
+        # two rare faust losses that would leave the worker idle for good (see the methods)
         consumer = app.consumer
-        stalled = pipeline.stalled_inputs(set(getattr(consumer, "_buffered_partitions", ())),
-                                          time.monotonic())
-        for tp in stalled:
+        backpressured = set(getattr(consumer, "_buffered_partitions", ()))
+        for tp in pipeline.stalled_inputs(backpressured, time.monotonic()):
             log.warning("resuming %s[%d]: paused for backpressure with nothing in flight",
                         tp.topic, tp.partition)
             consumer.on_buffer_drop(tp)
+        committed = getattr(consumer, "_committed_offset", {})
+        skipped = pipeline.skipped_fetches(pipeline.fetch_positions(), committed, time.monotonic(),
+                                           pipeline.in_flight(backpressured))
+        for tp, offset in skipped.items():
+            log.warning("re-reading %s[%d] from offset %d: the fetcher has moved past it, but "
+                        "nothing from there reached the agent", tp.topic, tp.partition, offset)
+            try:
+                await consumer.seek(tp, offset)
+            except Exception:  # revoked meanwhile: its next owner reads from the committed offset
+                log.exception("could not seek %s[%d]", tp.topic, tp.partition)
 
     @app.timer(interval=report_every_s)
     async def report() -> None:
