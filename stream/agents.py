@@ -169,15 +169,21 @@ class ScoringPipeline:
         except Exception:  # not assigned (any more), or not started
             return None
 
+    def _input_fetch_states(self) -> list[tuple[TP, Any]]:
+        """(tp, aiokafka fetch state) per assigned input partition, in order."""
+        pairs = []
+        for tp in sorted(self.wiring.app.consumer.assignment()):
+            state = self._fetch_state(tp) if tp.topic in self.settings.input_topics else None
+            if state is not None:
+                pairs.append((tp, state))
+        return pairs
+
     def input_lag(self) -> dict[str, int | str]:
         """Per assigned input partition: records Kafka has beyond the fetch position (from the
         last fetch's highwater), or "paused" where the fetcher is paused. Lag that stays while
         nothing arrives means a stalled fetch."""
         lag: dict[str, int | str] = {}
-        for tp in sorted(self.wiring.app.consumer.assignment()):
-            state = self._fetch_state(tp) if tp.topic in self.settings.input_topics else None
-            if state is None:
-                continue
+        for tp, state in self._input_fetch_states():
             name = f"{tp.topic}[{tp.partition}]"
             if state.paused:
                 lag[name] = "paused"
@@ -187,12 +193,7 @@ class ScoringPipeline:
 
     def fetch_positions(self) -> dict[TP, int]:
         """The fetcher's position (the next offset it will hand over) per assigned input partition."""
-        positions: dict[TP, int] = {}
-        for tp in self.wiring.app.consumer.assignment():
-            state = self._fetch_state(tp) if tp.topic in self.settings.input_topics else None
-            if state is not None and state.has_valid_position:
-                positions[tp] = state.position
-        return positions
+        return {tp: state.position for tp, state in self._input_fetch_states() if state.has_valid_position}
 
     def in_flight(self, backpressured: set[TP]) -> bool:
         """Whether input records may sit between the fetcher and this agent's batches."""
@@ -247,9 +248,9 @@ class ScoringPipeline:
             msg = fev.message
             key = (msg.topic, msg.partition)
             self.delivered[key] = max(msg.offset, self.delivered.get(key, -1))
-            self.first_delivered.setdefault(key, msg.offset)
             if key not in seen_ms:  # the fetch that brought it is no newer than this
                 seen_ms[key] = self._last_poll_ms(TP(*key)) or 0.0
+                self.first_delivered.setdefault(key, msg.offset)  # a batch holds a partition in order
         valid, invalid = self.decode(batch)
         for bad in invalid:
             await self.send_dead_letter(bad)
@@ -465,12 +466,13 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         # two rare faust losses that would leave the worker idle for good (see the methods)
         consumer = app.consumer
         backpressured = set(getattr(consumer, "_buffered_partitions", ()))
-        for tp in pipeline.stalled_inputs(backpressured, time.monotonic()):
+        now = time.monotonic()
+        for tp in pipeline.stalled_inputs(backpressured, now):
             log.warning("resuming %s[%d]: paused for backpressure with nothing in flight",
                         tp.topic, tp.partition)
             consumer.on_buffer_drop(tp)
         committed = getattr(consumer, "_committed_offset", {})
-        skipped = pipeline.skipped_fetches(pipeline.fetch_positions(), committed, time.monotonic(),
+        skipped = pipeline.skipped_fetches(pipeline.fetch_positions(), committed, now,
                                            pipeline.in_flight(backpressured))
         for tp, offset in skipped.items():
             log.warning("re-reading %s[%d] from offset %d: the fetcher has moved past it, but "

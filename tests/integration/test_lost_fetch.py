@@ -22,7 +22,8 @@ LOSSY_FAUST = Path(__file__).resolve().parent / "lossy_faust"
 def test_a_record_faust_loses_after_a_restart_is_read_again(kafka_bootstrap, deployment, tmp_path):
     settings = deployment
     model = untrained_checkpoint(tmp_path / "model.pt", 200, 10, version=3)
-    first, later = make_events(200, seed=1)[:100], make_events(200, seed=1)[100:]
+    events = make_events(200, seed=1)
+    first, later = events[:100], events[100:]
     worker = WorkerProcess(settings, model, tmp_path / "state-a", tmp_path / "worker.log")
     try:
         send_events(kafka_bootstrap, settings, first)
