@@ -13,8 +13,8 @@ Formats (`FORMATS`) and how they map onto seqstream's actions ("click", "cart", 
   ``addtocart`` -> cart, ``transaction`` -> purchase. No categories (``category_id=None``).
 - ``rees46``: REES46 eCommerce CSV with header ``event_time,event_type,product_id,category_id,
   category_code,brand,price,user_id,user_session``; event_time like ``2019-10-01 00:00:00 UTC``.
-  ``view`` -> click, ``cart`` -> cart, ``purchase`` -> purchase. ``remove_from_cart`` is DROPPED
-  (it is not a behaviour we predict) and counted in ``ErrorReport.dropped``. ``user_session``
+  ``view`` -> click, ``cart`` -> cart, ``purchase`` -> purchase. ``remove_from_cart`` is KEPT
+  as a click with ``flag="remove_from_cart"``, like Taobao's ``fav``. ``user_session``
   (a UUID) becomes a deterministic 63-bit integer ``session_id``. Price is not part of LogEvent.
 - ``otto``: OTTO JSONL, one session per line:
   ``{"session": int, "events": [{"aid": int, "ts": ms, "type": "clicks"|"carts"|"orders"}]}``.
@@ -26,7 +26,7 @@ Formats (`FORMATS`) and how they map onto seqstream's actions ("click", "cart", 
 
 ``row`` is the 0-based index of the data row in the file (header excluded; for OTTO, the running
 index of the event across all sessions; for msgpack, the object index). A row that is skipped
-(bad or dropped) still uses up its index, so ``row`` always points back to the file.
+(bad) still uses up its index, so ``row`` always points back to the file.
 
 Bad rows: with ``on_error="skip"`` they are counted in an ``ErrorReport`` (which keeps the first
 N messages, each ``path:line: reason``); with ``on_error="stop"`` the first one raises
@@ -60,8 +60,12 @@ TAOBAO_ACTIONS: dict[str, tuple[str, str | None]] = {
     "fav": ("click", "fav"),
 }
 RETAILROCKET_ACTIONS: dict[str, str] = {"view": "click", "addtocart": "cart", "transaction": "purchase"}
-REES46_ACTIONS: dict[str, str] = {"view": "click", "cart": "cart", "purchase": "purchase"}
-REES46_DROPPED: frozenset[str] = frozenset({"remove_from_cart"})
+REES46_ACTIONS: dict[str, tuple[str, str | None]] = {
+    "view": ("click", None),
+    "cart": ("cart", None),
+    "purchase": ("purchase", None),
+    "remove_from_cart": ("click", "remove_from_cart"),
+}
 OTTO_ACTIONS: dict[str, str] = {"clicks": "click", "carts": "cart", "orders": "purchase"}
 
 _RETAILROCKET_COLUMNS = ("timestamp", "visitorid", "event", "itemid")
@@ -80,28 +84,19 @@ class BadRow(ValueError):
 
 @dataclass
 class ErrorReport:
-    """Counts bad rows and keeps the first `max_messages` messages (``path:line: reason``).
-
-    `dropped` counts rows skipped on purpose (not errors), e.g. REES46 ``remove_from_cart``.
-    """
+    """Counts bad rows and keeps the first `max_messages` messages (``path:line: reason``)."""
 
     max_messages: int = 20
     count: int = 0
     messages: list[str] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)
 
     def add(self, path: str | Path, line: int, reason: str) -> None:
         self.count += 1
         if len(self.messages) < self.max_messages:
             self.messages.append(f"{path}:{line}: {reason}")
 
-    def drop(self, what: str) -> None:
-        self.dropped[what] = self.dropped.get(what, 0) + 1
-
     def summary(self) -> str:
-        parts = [f"{self.count} bad row(s)"]
-        parts += [f"{n} {what} dropped" for what, n in sorted(self.dropped.items())]
-        text = ", ".join(parts)
+        text = f"{self.count} bad row(s)"
         if self.messages:
             more = self.count - len(self.messages)
             text += "\n  " + "\n  ".join(self.messages) + (f"\n  ... and {more} more" if more > 0 else "")
@@ -200,8 +195,7 @@ def _header_index(header: list[str], required: tuple[str, ...], path: Path) -> d
 
 
 # --------------------------------------------------------------------------- per-format parsers
-# Each yields (line, row, LogEvent | str) where str is the reason why the row is bad; the
-# special reason prefix "drop:" means "skipped on purpose".
+# Each yields (line, row, LogEvent | str) where str is the reason why the row is bad.
 
 
 def _taobao(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
@@ -277,21 +271,19 @@ def _rees46(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
             if len(rec) != width:
                 raise _RowError(f"expected {width} fields, got {len(rec)}")
             event = rec[col["event_type"]].strip()
-            if event in REES46_DROPPED:
-                yield reader.line_num, row, "drop:" + event
-                continue
-            action = REES46_ACTIONS.get(event)
-            if action is None:
+            mapped = REES46_ACTIONS.get(event)
+            if mapped is None:
                 raise _RowError(f"unknown event_type {event!r}")
             session = rec[col["user_session"]].strip()
             yield reader.line_num, row, LogEvent(
                 user_id=_int(rec[col["user_id"]], "user_id"),
                 item_id=_int(rec[col["product_id"]], "product_id"),
-                action=action,
+                action=mapped[0],
                 ts_ms=_rees46_ts_ms(rec[col["event_time"]]),
                 category_id=_opt_int(rec[col["category_id"]], "category_id"),
                 session_id=session_id_from_string(session) if session else None,
                 row=row,
+                flag=mapped[1],
             )
         except _RowError as e:
             yield reader.line_num, row, str(e)
@@ -433,8 +425,6 @@ def read_events(
     for line, _row, item in _PARSERS[fmt](path):
         if isinstance(item, LogEvent):
             yield item
-        elif item.startswith("drop:"):
-            report.drop(item[5:])
         elif on_error == "stop":
             raise BadRow(path, line, item)
         else:

@@ -950,7 +950,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if errors.count or errors.dropped:
+    if errors.count:
         print(f"{args.log}: {errors.summary()}", file=sys.stderr)
     if len(table) == 0:
         print("error: no events read", file=sys.stderr)
@@ -958,10 +958,11 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
     targets: list[Target] = ["item", "category"] if args.target == "both" else [args.target]
     if "category" in targets and not table.has_category:
-        print(f"warning: format {args.format} has no categories; skipping the category task", file=sys.stderr)
-        targets = [t for t in targets if t != "category"]
-        if not targets:
+        if args.target == "category":
+            print(f"error: {args.log} has no categories (format {args.format}); use --target item", file=sys.stderr)
             return 2
+        print(f"warning: format {args.format} has no categories; skipping the category task", file=sys.stderr)
+        targets = ["item"]
     modes: list[Mode] = ["frozen", "online"] if args.mode == "both" else [args.mode]
     factory = _model_factory(args)
     seeds = args.seeds if factory and factory[1] else 1

@@ -403,7 +403,6 @@ class ReplaySummary:
     resumed_from: int = 0  # input events skipped because a checkpoint had them
     position: int = 0  # input events settled after this run (what the checkpoint says)
     bad_rows: int = 0
-    dropped: int = 0
     elapsed_s: float = 0.0
     interrupted: bool = False
     complete: bool = False  # the input was read to its end
@@ -422,7 +421,7 @@ class ReplaySummary:
         state = "interrupted" if self.interrupted else ("done" if self.complete else "stopped at limit")
         return (f"{state}: sent {self.total} events ({per}) in {self.elapsed_s:.1f}s, "
                 f"{self.events_per_s:,.0f} events/s; filtered {self.filtered}, bad rows "
-                f"{self.bad_rows}, dropped {self.dropped}; position {self.position}"
+                f"{self.bad_rows}; position {self.position}"
                 + (f" (resumed from {self.resumed_from})" if self.resumed_from else "")
                 + (f"; {self.producers} producers" if self.producers > 1 else ""))
 
@@ -713,7 +712,6 @@ def _replay_one(opts: ReplayOptions, replayer: Replayer, cp_path: Path, source: 
     except BadRow as exc:  # --on-error stop: the checkpoint was written up to the bad row
         raise ReplayError(f"bad row, stopping: {exc}") from None
     summary.bad_rows = errors.count
-    summary.dropped = sum(errors.dropped.values())
     if errors.count:
         log.warning("%s: skipped %s", opts.path, errors.summary())
     return summary

@@ -107,7 +107,6 @@ class LaneResult:
     t1: float
     bad_rows: int = 0
     bad_messages: list[str] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- a lane (child)
@@ -158,7 +157,7 @@ def _lane_main(task: LaneTask, conn: Connection, inherited: list[Connection]) ->
                           on_progress=on_progress, stop_flag=_LANE_STOP)
         conn.send(("done", k, LaneResult(k, task.start, s.sent, s.filtered, s.position,
                                          s.interrupted, s.complete, t0, time.monotonic(),
-                                         errors.count, errors.messages, errors.dropped)))
+                                         errors.count, errors.messages)))
     except BadRow as exc:  # --on-error stop: replay_events checkpointed up to the bad row
         report("badrow", k, str(exc))
     except ReplayError as exc:
@@ -387,9 +386,9 @@ def replay_lanes(opts: ReplayOptions, make_replayer: ReplayerFactory, starts: li
     results = [state.results[k] for k in range(n)]
     # Every lane reads every row, so each counts the same bad rows: report them once, from the
     # lane that read furthest.
-    seen = max(results, key=lambda r: (r.bad_rows + sum(r.dropped.values()), -r.lane))
+    seen = max(results, key=lambda r: (r.bad_rows, -r.lane))
     if seen.bad_rows:
-        errors = ErrorReport(count=seen.bad_rows, messages=seen.bad_messages, dropped=seen.dropped)
+        errors = ErrorReport(count=seen.bad_rows, messages=seen.bad_messages)
         log.warning("%s: skipped %s", opts.path, errors.summary())
     return ReplaySummary(
         sent={a: sum(r.sent[a] for r in results) for a in ACTIONS},
@@ -397,7 +396,6 @@ def replay_lanes(opts: ReplayOptions, make_replayer: ReplayerFactory, starts: li
         resumed_from=min(starts),
         position=min(r.position for r in results),
         bad_rows=seen.bad_rows,
-        dropped=sum(seen.dropped.values()),
         elapsed_s=max(r.t1 for r in results) - min(r.t0 for r in results),
         interrupted=interrupt.count > 0 or any(r.interrupted for r in results),
         complete=all(r.complete for r in results),

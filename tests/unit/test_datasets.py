@@ -61,7 +61,8 @@ def test_retailrocket(tmp_path):
     assert evs[2].row == 2
 
 
-def test_rees46_drops_remove_from_cart(tmp_path):
+def test_rees46_keeps_remove_from_cart_as_a_flagged_click(tmp_path):
+    # EVALUATION.md keeps every action as an event; like Taobao's fav, it is a click with a flag
     p = _write(
         tmp_path,
         "r.csv",
@@ -72,14 +73,16 @@ def test_rees46_drops_remove_from_cart(tmp_path):
     )
     report = ErrorReport()
     evs = list(read_events(p, "rees46", errors=report))
-    assert [e.action for e in evs] == ["click", "purchase"]
+    assert [e.action for e in evs] == ["click", "click", "purchase"]
+    assert [e.flag for e in evs] == [None, "remove_from_cart", None]
     assert evs[0].ts_ms == 1569888000000  # 2019-10-01T00:00:00Z
-    assert evs[1].ts_ms == 1569888000000 + (86400 + 12 * 3600 + 30 * 60 + 5) * 1000
+    assert evs[2].ts_ms == 1569888000000 + (86400 + 12 * 3600 + 30 * 60 + 5) * 1000
     assert evs[0].category_id == 2103807459595387724
+    assert evs[1].category_id == 2053013552326770905
     assert evs[0].session_id == session_id_from_string("72d76fde-8bb3-4e00-8c23-a032dfed738c")
-    assert evs[1].session_id is None
-    assert [e.row for e in evs] == [0, 2]  # the dropped row keeps its index
-    assert report.count == 0 and report.dropped == {"remove_from_cart": 1}
+    assert evs[2].session_id is None
+    assert [e.row for e in evs] == [0, 1, 2]
+    assert report.count == 0
 
 
 def test_otto(tmp_path):

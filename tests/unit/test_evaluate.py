@@ -428,6 +428,19 @@ def test_cli_bad_numbers_get_one_line(tmp_path, capsys, flag, value):
     assert err.count("\n") == 0 and flag in err
 
 
+def test_cli_category_task_without_categories(tmp_path, capsys):
+    dump = tmp_path / "log.jsonl"
+    write_jsonl(HAND, dump)  # no category_id anywhere
+    assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--target", "category", "--json")) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error:") and captured.err.count("\n") == 1
+    assert "--target item" in captured.err
+    assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--target", "both", "--json")) == 0
+    captured = capsys.readouterr()
+    assert "skipping the category task" in captured.err
+    assert json.loads(captured.out)["target"] == "item"
+
+
 def test_cli_bad_row_stop(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3,pv,10\n1,x,3,pv,11\n")
