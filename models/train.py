@@ -110,6 +110,8 @@ class SeqData:
     item_new: np.ndarray | None = None  # first occurrence of the item in the whole log (by time)
     cat_new: np.ndarray | None = None
     weight: np.ndarray | None = None  # loss weight of each event as a target (None: 1)
+    # time of the user's next event before any view removed events (inf: none); None: the next row's
+    next_ts: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -165,6 +167,7 @@ def cutoff_view(data: SeqData, quantile: float) -> SeqData:
         return data
     q = float(np.quantile(data.ts, quantile))
     before = data.ts < q
+    next_ts = data.next_ts if data.next_ts is not None else next_event_ts(data)
     known = np.zeros(int(data.items.max()) + 1, dtype=bool)
     known[data.items[before]] = True
     keep = before | known[data.items]
@@ -173,7 +176,16 @@ def cutoff_view(data: SeqData, quantile: float) -> SeqData:
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     sub = lambda a: None if a is None else a[keep]  # noqa: E731
     return SeqData(data.users, starts, data.items[keep], data.cats[keep], data.actions[keep],
-                   data.ts[keep], sub(data.item_new), sub(data.cat_new), sub(data.weight))
+                   data.ts[keep], sub(data.item_new), sub(data.cat_new), sub(data.weight), next_ts[keep])
+
+
+def next_event_ts(data: SeqData) -> np.ndarray:
+    """Per event: the time of its user's next event in `data`, inf for a user's last one."""
+    nxt = np.full(len(data), np.inf)
+    if len(data):
+        nxt[:-1] = data.ts[1:]
+        nxt[data.starts[1:][data.lengths > 0] - 1] = np.inf
+    return nxt
 
 
 def concat_seqdata(parts: list[SeqData]) -> SeqData:
@@ -190,7 +202,7 @@ def concat_seqdata(parts: list[SeqData]) -> SeqData:
     if any(d.weight is not None for d in parts):
         w = np.concatenate([d.weight if d.weight is not None else np.ones(len(d)) for d in parts])
     return SeqData(cat("users"), np.concatenate(starts), cat("items"), cat("cats"), cat("actions"),
-                   cat("ts"), opt("item_new"), opt("cat_new"), w)
+                   cat("ts"), opt("item_new"), opt("cat_new"), w, opt("next_ts"))
 
 
 def training_views(data: SeqData, cfg: "TrainConfig") -> SeqData:
@@ -263,10 +275,12 @@ def make_batch(data: SeqData, users: np.ndarray, horizon_s: float, data_end: flo
     has_next = np.zeros_like(mask)
     has_next[:, :-1] = mask[:, 1:]
     shift = lambda a, fill: np.where(has_next, np.roll(a, -1, axis=1), fill)  # noqa: E731
-    next_ts = shift(ts, np.inf)
-    # churn: 1 if the next event is more than horizon_s later (or never comes, uncensored)
+    # churn: 1 if the next event is more than horizon_s later (or never comes, uncensored). The
+    # next event is the log's, not the view's: a view that drops events of unknown items must not
+    # turn an active user into a churner.
+    next_ts = shift(ts, np.inf) if data.next_ts is None else np.where(mask, data.next_ts[idx], np.inf)
     churn = (next_ts - ts) > horizon_s
-    censored = ~has_next & (ts + horizon_s > data_end)
+    censored = np.isinf(next_ts) & (ts + horizon_s > data_end)
     next_item, next_cat = shift(items, 0), shift(cats, 0)
     # Targets whose id had never occurred before in the log are not trained on: no model can
     # recommend an id it has not seen, serving maps such ids to "unknown", and the evaluation

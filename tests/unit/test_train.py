@@ -220,6 +220,25 @@ def test_cutoff_view_drops_items_new_after_cutoff():
     assert v.items.tolist() == [2, 3, 4, 2, 3, 4, 2, 3]  # item 9 first appears after the cut-off
 
 
+def test_cutoff_view_keeps_the_logs_next_event_for_churn_labels():
+    # events at 0, 1000, 2000, 3000 s; the item of the event at 2000 s is new after the cut-off,
+    # so the view drops it, but the user was active then: no churn after the event at 1000 s
+    ts = np.array([0.0, 1000.0, 2000.0, 3000.0])
+    data = make_seqdata(np.zeros(4, dtype=np.int64), np.array([2, 3, 9, 2]), np.full(4, 2),
+                        np.zeros(4, dtype=np.int64), ts)
+    v = cutoff_view(data, 0.4)
+    assert v.ts.tolist() == [0.0, 1000.0, 3000.0]
+    b = make_batch(v, np.array([0]), horizon_s=1500, data_end=9000.0, n_gap_buckets=48, device=torch.device("cpu"))
+    assert b.churn[0].tolist() == [0.0, 0.0, 1.0]  # the view alone would say 1 after 1000 s (next at 3000 s)
+    assert b.churn_mask[0].tolist() == [True, True, True]
+    b = make_batch(v, np.array([0]), horizon_s=1500, data_end=3100.0, n_gap_buckets=48, device=torch.device("cpu"))
+    assert b.churn_mask[0].tolist() == [True, True, False]  # the log's last event: censored
+    both = T.concat_seqdata([v, data])
+    assert both.next_ts is None  # one part without them: every part falls back to its own rows
+    later = cutoff_view(data, 0.9)  # item 9 is before this cut-off: nothing dropped
+    assert T.concat_seqdata([v, later]).next_ts.tolist() == [1000.0, 2000.0, np.inf, 1000.0, 2000.0, 3000.0, np.inf]
+
+
 def test_ranker_on_evaluation_protocol():
     from models.evaluate import EventTable, build_eval_data, evaluate_data
     table = EventTable.from_events(planted_events(40, 30, seed=4))
