@@ -756,7 +756,7 @@ def _online_from(args: argparse.Namespace, settings: Any) -> OnlineSettings:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from stream.cli import settings_from
+    from stream.cli.common import settings_from
 
     settings = settings_from(args)
     return run_trainer(settings, _online_from(args, settings))
@@ -769,7 +769,7 @@ def _fmt_metric(m: dict | None, key: str) -> str:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from stream.cli import settings_from
+    from stream.cli.common import settings_from
     from stream.worker import resolve_bootstrap
 
     settings = settings_from(args)
@@ -843,7 +843,8 @@ def _publish_checkpoint(bootstrap: str, topic: str, store: VersionStore, ckpt: A
 
 
 def add_cli(sub: Any) -> None:
-    from stream.cli import add_common, add_worker_flags
+    from stream.cli.common import add_common
+    from stream.cli.worker import add_worker_flags
 
     p = sub.add_parser("trainer", help="run the online trainer alone (no serving); "
                                        "run workers with SEQSTREAM_ONLINE_TRAINER=external")
@@ -876,9 +877,9 @@ def add_cli(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m stream.online ...` is `seqstream ...` (kept for scripts written before the
     CLI wired this module in)."""
-    from stream import cli
+    from stream.cli.main import main as cli_main
 
-    return cli.main(argv)
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,10 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
 
 
 def resolve_bootstrap(settings: Settings) -> str:
-    """An explicit broker wins; otherwise the embedded broker, which must be running."""
-    if settings.broker:
-        return settings.broker
-    from stream import broker
+    """TRANSITIONAL: callers move to stream.kafka.resolve_bootstrap."""
+    from stream.kafka import resolve_bootstrap as _resolve
 
-    return broker.resolve_bootstrap()
+    return _resolve(settings.broker)
 
 
 def run_worker(settings: Settings) -> int:

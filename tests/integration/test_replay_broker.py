@@ -181,7 +181,7 @@ def test_ctrl_c_stops_the_lanes_cleanly(kafka_bootstrap: str, prefix: str, tmp_p
     write_jsonl(big.events(), path)
     cp_path = checkpoint_path(path)
     # Only the replay command (the full CLI imports torch: seconds per start).
-    driver = ("import sys; from stream import replay; from stream.cli import OneLineParser; "
+    driver = ("import sys; from stream import replay; from stream.cli.common import OneLineParser; "
               "p = OneLineParser(prog='seqstream'); replay.add_cli(p.add_subparsers()); "
               "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     proc = subprocess.Popen([sys.executable, "-c", driver, "replay", str(path), "--format", "jsonl",
@@ -225,7 +225,7 @@ def test_window_filter(kafka_bootstrap: str, prefix: str, log: SyntheticLog) -> 
 
 def test_cli_generate_to_kafka_and_replay(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     """The commands end to end in a subprocess, as an operator runs them."""
-    env_cmd = [sys.executable, "-c", "import sys; from stream.cli import main; sys.exit(main())"]
+    env_cmd = [sys.executable, "-c", "import sys; from stream.cli.main import main; sys.exit(main())"]
     out = tmp_path / "g.msgpack"
     gen = subprocess.run(env_cmd + ["generate", "--users", "30", "--events", "1000", "--seed", "2",
                                     "--out", str(out), "--to-kafka", "--prefix", prefix,

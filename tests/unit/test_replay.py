@@ -508,7 +508,7 @@ def test_lanes_on_error_stop_checkpoint_before_the_bad_row(tmp_path: Path) -> No
 def build_parser():
     """Only our subcommands, so the tests do not depend on the rest of the CLI."""
     from stream import generate_cli, replay
-    from stream.cli import OneLineParser
+    from stream.cli.common import OneLineParser
 
     parser = OneLineParser(prog="seqstream")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)

@@ -1,0 +1,1 @@
+"""The `seqstream` command line: one module per command on the small base in `common`."""

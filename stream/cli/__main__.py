@@ -1,0 +1,6 @@
+"""`python -m stream.cli ...` is `seqstream ...`."""
+import sys
+
+from stream.cli.main import main
+
+sys.exit(main())

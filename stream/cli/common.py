@@ -1,0 +1,36 @@
+"""The small base every command module builds on: the parser class, the flags all commands
+share, and Settings from flags + environment."""
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from stream.config import Settings
+
+# Settings fields a command's flags may override (argparse dest == field name).
+SETTING_FLAGS = ("prefix", "broker", "app_id", "data_dir", "model", "device", "batch_max",
+                 "batch_wait_ms", "top_k", "ring", "processing_guarantee", "web_port", "log_level",
+                 "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms",
+                 "churn_risk_threshold", "churn_sweep_s", "online")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument gets one line that says what is wrong, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """--prefix and --broker: every command that talks to Kafka takes both."""
+    p.add_argument("--prefix", default=None,
+                   help="prepended verbatim to every topic name (env SEQSTREAM_PREFIX)")
+    p.add_argument("--broker", default=None,
+                   help="bootstrap host:port of an existing cluster (env SEQSTREAM_BROKER); "
+                        "default: the embedded broker")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Defaults, then SEQSTREAM_* environment, then the flags given."""
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
+    return Settings.from_env(**overrides).validate()

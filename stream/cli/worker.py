@@ -1,0 +1,47 @@
+"""`seqstream worker`: consume events, publish predictions (one per host, same --app-id to scale)."""
+from __future__ import annotations
+
+import argparse
+
+from stream.cli.common import add_common, settings_from
+from stream.worker import run_worker
+
+
+def add_worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--app-id", default=None, help="faust app id and consumer group (default seqstream)")
+    p.add_argument("--data-dir", default=None, help="RocksDB state directory")
+    p.add_argument("--model", default=None, help="checkpoint from `seqstream train`")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-max", type=int, default=None, help="micro-batch size (default 512)")
+    p.add_argument("--batch-wait-ms", type=int, default=None, help="micro-batch wait (default 20)")
+    p.add_argument("--top-k", type=int, default=None, help="next items per prediction (default 20)")
+    p.add_argument("--ring", type=int, default=None,
+                   help="events kept per user (default: the ring the model was trained with)")
+    p.add_argument("--processing-guarantee", default=None,
+                   choices=["at_least_once", "exactly_once"])
+    p.add_argument("--web-port", type=int, default=None, help="faust web/metrics port (0: off)")
+    p.add_argument("--allowed-lateness-ms", type=int, default=None,
+                   help="the event-time clock trails the newest event by this (default 60000)")
+    p.add_argument("--order-grace-ms", type=int, default=None,
+                   help="hold events until a fetch this much newer shows the other input topics "
+                        "caught up (default 0; a few hundred ms for byte-identical replays)")
+    p.add_argument("--churn-inactivity-ms", type=int, default=None,
+                   help="alert after this much event-time inactivity (default 2 days)")
+    p.add_argument("--churn-risk-threshold", type=float, default=None,
+                   help="...if the last churn risk is at least this (default 0: any user)")
+    p.add_argument("--churn-sweep-s", type=float, default=None,
+                   help="how often the churn sweep runs, wall seconds (default 5)")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-online", dest="online", action="store_const", const="0", default=None,
+                   help="do not learn online (env SEQSTREAM_ONLINE=0); model versions are still followed")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_worker(settings_from(args))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("worker", help="run a faust worker: consume events, publish predictions")
+    add_worker_flags(p)
+    add_common(p)
+    p.set_defaults(func=run)
