@@ -4,7 +4,7 @@
 
 1. `models.synthetic.generate(..., drift=True)`: at `drift_at` (60%) of the timeline brand-new
    items start trending and users' category interests shift.
-2. Offline training (models/train.py) on the first `--train-frac` of the timeline. The item
+2. Offline training (models/train/) on the first `--train-frac` of the timeline. The item
    vocabulary is the shop's whole catalogue (every item id, including the ones that trend after
    the drift but have no interactions before it): online versions keep the serving checkpoint's
    vocabulary, so items outside it could never be learned online (a documented limitation).
@@ -13,7 +13,7 @@
    shape: context = ring[:-1], target = ring[-1]).
 4. In chunks of `--chunk` samples, prequentially (test, then train):
    - frozen: the offline model, evaluated on each chunk;
-   - online: `models.online.OnlineLearner.learn_many(chunk)` -- the code the trainer agent runs --
+   - online: `models.online.learner.OnlineLearner.learn_many(chunk)` -- the code the trainer agent runs --
      whose *serving* version is evaluated on the chunk before it trains on it (what the workers
      would have served), then the promotion gate, then training.
    Metrics: HR@20 and MRR@20 of the next item with full ranking over the vocabulary.
@@ -34,9 +34,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.online import OnlineConfig, OnlineLearner, Sample  # noqa: E402
+from models.online.learner import OnlineConfig, OnlineLearner  # noqa: E402
+from models.online.samples import Sample  # noqa: E402
 from models.synthetic import DAY_MS, GeneratorConfig, generate  # noqa: E402
-from models.train import TrainConfig, build_model, fit_model, make_seqdata  # noqa: E402
+from models.train.config import TrainConfig  # noqa: E402
+from models.train.fit import fit_model  # noqa: E402
+from models.train.run import build_model  # noqa: E402
+from models.train.sequences import make_seqdata  # noqa: E402
 
 
 def ring_samples(log, start_ts: int, ring: int) -> tuple[list[Sample], np.ndarray]:

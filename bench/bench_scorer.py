@@ -18,7 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.gru import ModelConfig, Recent, SeqModel  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from models.gru import SeqModel  # noqa: E402
+from models.ring import Recent  # noqa: E402
 
 
 def main() -> None:

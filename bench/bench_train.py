@@ -1,4 +1,4 @@
-"""Training throughput of models/train.py (events/s), printed with the command line.
+"""Training throughput of models/train/ (events/s), printed with the command line.
 
     python bench/bench_train.py                       # ../shared/data/taobao_users.csv if present
     python bench/bench_train.py --generated 20000     # synthetic events instead
@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from models.schema import ACTIONS, LogEvent
-from models.train import TrainConfig, train_model
+from models.train.config import TrainConfig
+from models.train.run import train_model
 
 DEFAULT_LOG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "taobao_users.csv"
 
@@ -49,7 +50,7 @@ def main() -> int:
     if args.generated or not Path(args.log).exists():
         events, source = generated(args.generated or 20000), f"generated ({args.generated or 20000} events)"
     else:
-        from models.datasets import read_events
+        from models.datasets.reader import read_events
         events, source = list(read_events(args.log, args.format)), args.log
     cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, batch=args.batch, batch_events=args.batch_events,
                       ring=args.ring, threads=args.threads, progress=False, vocab_cutoff=None)

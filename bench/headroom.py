@@ -28,8 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.datasets import read_events  # noqa: E402
-from models.evaluate import EventTable, ItemKNNRanker, build_eval_data, ranks_of_targets  # noqa: E402
+from models.datasets.reader import read_events  # noqa: E402
+from models.evaluate.baselines import ItemKNNRanker  # noqa: E402
+from models.evaluate.data import EventTable, build_eval_data  # noqa: E402
+from models.evaluate.metrics import ranks_of_targets  # noqa: E402
 
 DEFAULT_LOG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "taobao_users.csv"
 K = 20

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.datasets import read_events  # noqa: E402
-from models.evaluate import EvalData, EventTable, build_eval_data  # noqa: E402
+from models.datasets.reader import read_events  # noqa: E402
+from models.evaluate.data import EvalData, EventTable, build_eval_data  # noqa: E402
 
 DEFAULT_LOG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "taobao_users.csv"
 RANKS = 10  # one-hot recency ranks 0..9 (9 = 9 or more)

@@ -7,15 +7,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from models.datasets import (
-    FORMATS,
-    BadRow,
-    ErrorReport,
-    read_events,
-    session_id_from_string,
-    write_jsonl,
-    write_msgpack,
-)
+from models.datasets.common import BadRow, ErrorReport
+from models.datasets.dump import write_jsonl, write_msgpack
+from models.datasets.reader import read_events
+from models.datasets.rees46 import session_id_from_string
 from models.schema import ACTIONS, LogEvent
 
 pytestmark = pytest.mark.unit
@@ -27,10 +22,6 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
     return p
-
-
-def test_formats_tuple():
-    assert FORMATS == ("taobao", "retailrocket", "rees46", "otto", "jsonl", "msgpack")
 
 
 def test_taobao_mapping_and_fav_flag(tmp_path):

@@ -11,30 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.datasets import read_events, write_jsonl
-from models.evaluate import (
-    EvalData,
-    EventTable,
-    LogisticRegression,
-    Ranker,
-    action_metrics,
-    add_evaluate_arguments,
-    average_precision,
-    build_eval_data,
-    churn_metrics,
-    churn_task,
-    evaluate_data,
-    find_peeking,
-    format_table,
-    log_loss,
-    ranking_metrics,
-    ranks_of_targets,
-    roc_auc,
-    run_evaluate_command,
-    run_evaluation,
-    write_report,
-)
+from models.datasets.dump import write_jsonl
+from models.datasets.reader import read_events
+from models.evaluate.baselines import baseline_rankers, find_peeking
+from models.evaluate.churn import LogisticRegression, churn_task
+from models.evaluate.data import EvalData, EventTable, build_eval_data
+from models.evaluate.metrics import (action_metrics, average_precision, churn_metrics, log_loss, ranking_metrics,
+                                     ranks_of_targets, roc_auc)
+from models.evaluate.protocol import evaluate_data, run_evaluation
+from models.evaluate.report import format_table, write_report
 from models.schema import ACTIONS, LogEvent
+from stream.cli.evaluate import add_evaluate_arguments, run_evaluate_command
 
 pytestmark = pytest.mark.unit
 
@@ -256,8 +243,6 @@ def test_find_peeking_catches_the_cheat_and_clears_the_baselines():
     assert len(find_peeking(peek, data)) > 0
     honest = LastContextRanker()
     assert len(find_peeking(honest, data)) == 0
-    from models.evaluate import baseline_rankers
-
     for name, rk in baseline_rankers().items():
         rk.fit(data)
         assert len(find_peeking(rk, data)) == 0, name
@@ -451,7 +436,7 @@ def test_cli_bad_row_stop(tmp_path, capsys):
 def test_cli_without_gru_warns_and_runs_baselines(tmp_path, capsys, monkeypatch):
     dump = tmp_path / "log.jsonl"
     write_jsonl(HAND, dump)
-    monkeypatch.setitem(sys.modules, "models.train", None)  # import models.train -> ImportError
+    monkeypatch.setitem(sys.modules, "models.train.ranker", None)  # import models.train.ranker -> ImportError
     assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--train", "--json")) == 0
     captured = capsys.readouterr()
     assert "baselines only" in captured.err
@@ -471,9 +456,9 @@ def test_cli_seeds_mean_std(tmp_path, capsys, monkeypatch):
         def score(self, data: EvalData, event_idx: np.ndarray) -> np.ndarray:
             return self.rng.random((len(event_idx), data.n_V))
 
-    fake = types.ModuleType("models.train")
+    fake = types.ModuleType("models.train.ranker")
     fake.GRURanker = FakeGRU  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "models.train", fake)
+    monkeypatch.setitem(sys.modules, "models.train.ranker", fake)
     dump = tmp_path / "log.jsonl"
     write_jsonl(_distinct_targets_log(), dump)
     assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--train", "--seeds", "3", "--json")) == 0
@@ -484,10 +469,3 @@ def test_cli_seeds_mean_std(tmp_path, capsys, monkeypatch):
     model = out["models"]["seqstream"]
     assert "R@20_std" in model and "MRR@20_std" in model and model["R@20_std"] >= 0
     assert "R@20_std" not in out["models"]["repeat"]
-
-
-def test_rankers_satisfy_protocol():
-    from models.evaluate import ItemKNNRanker, PopRanker, RepeatRanker
-
-    for cls in (PopRanker, RepeatRanker, ItemKNNRanker, ConstantRanker):
-        assert isinstance(cls(), Ranker)

@@ -1,14 +1,17 @@
-"""Unit tests of models/gru.py and models/retrieval.py: model maths, vocabulary, checkpoints."""
+"""Unit tests of the model (models/gru.py, ring.py, copy_head.py, vocab.py, checkpoint.py): model
+maths, vocabulary, checkpoints."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from models.gru import (GAP_FIRST, N_DECAY, PAD, UNKNOWN, ModelConfig, Popularity, Recent, SeqModel, Vocab,
-                        decay_weights, gap_bucket, load_checkpoint, pooled_rows, recent_windows,
-                        ring_groups, row_lookup, save_checkpoint, transition_weights)
-from models.retrieval import top_k
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import GAP_FIRST, PAD, UNKNOWN, ModelConfig
+from models.copy_head import pooled_rows, row_lookup
+from models.gru import SeqModel
+from models.ring import N_DECAY, Recent, decay_weights, gap_bucket, recent_windows, ring_groups, transition_weights
+from models.vocab import Vocab
 
 pytestmark = pytest.mark.unit
 torch.set_num_threads(2)
@@ -312,27 +315,6 @@ def test_checkpoint_roundtrip(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a seqstream-gru/1"):
         load_checkpoint(tmp_path / "bad.pt")
-
-
-def test_cold_start_popularity_trending():
-    pop = Popularity(n_items=10, half_life_s=3600)
-    day = 86400.0
-    # item 2: 10 events a day ago; item 3: 3 events now; item 4: 1 event now in category 8
-    pop.update(np.full(10, 2), np.full(10, 7), np.full(10, 0.0))
-    pop.update(np.array([3, 3, 3, 4]), np.array([7, 7, 7, 8]), np.full(4, day))
-    idx, score = pop.top(3)
-    assert idx.tolist() == [3, 4, 2] and score[0] == pytest.approx(3.0)
-    assert pop.top(5, category=7)[0].tolist() == [3, 2]
-    assert pop.top(5, category=8)[0].tolist() == [4]
-    assert UNKNOWN not in pop.top(10)[0]
-
-
-def test_top_k_masks_padding_and_unknown():
-    s = torch.tensor([[9.0, 8.0, 1.0, 3.0, 2.0], [9.0, 8.0, 5.0, 4.0, 6.0]])
-    v, i = top_k(s, 2)
-    assert i.tolist() == [[3, 4], [4, 2]] and v[0, 0] == 3.0
-    _, i = top_k(s, 10, valid=torch.tensor([True, True, True, True, False]))
-    assert i.shape == (2, 2) and 4 not in i.tolist()[0]
 
 
 @pytest.mark.parametrize("fusion", ["tiered", "mixture"])

@@ -1,4 +1,4 @@
-"""Unit tests of models/train.py: negatives, labels, learnability, ranker and CLI."""
+"""Unit tests of models/train/: negatives, labels, learnability, ranker and CLI."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,23 @@ import numpy as np
 import pytest
 import torch
 
-import models.train as T
-from models.gru import ModelConfig, Recent, SeqModel, load_checkpoint, save_checkpoint
+import models.train.calibrate as calibrate_module
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import ModelConfig
+from models.gru import SeqModel
+from models.ring import Recent
 from models.schema import ACTIONS, LogEvent
-from models.train import (NegativeSampler, TrainConfig, cutoff_view, make_batch,
-                          make_seqdata, predict_at, train_model)
+from models.train.batches import NegativeSampler, make_batch, user_batches
+from models.train.calibrate import (calibrate_actions, calibrate_fusion, calibrate_successor_rank,
+                                    category_successors)
+from models.train.config import TrainConfig
+from models.train.fit import GradientStep, fit_model
+from models.train.infer import PREDICTIONS, predict_at
+from models.train.loss import category_log_prob, chunk_loss
+from models.train.ranker import GRURanker
+from models.train.run import train_model
+from models.train.sequences import concat_seqdata, cutoff_view, events_to_arrays, make_seqdata
+from stream.cli.train import add_train_arguments, run_train_command
 
 pytestmark = pytest.mark.unit
 torch.set_num_threads(2)
@@ -42,7 +54,7 @@ def test_learnability_planted_rule():
     # one seed can land in a poor optimum at this learning rate (a few in ten do): the claim is
     # about training, so it is checked on the median of three seeds
     test = planted_events(60, 40, seed=2, pairs=5)
-    a = T.events_to_arrays(test)
+    a = events_to_arrays(test)
     hr1 = []
     for seed in range(3):
         cfg = TrainConfig(epochs=10, batch=8, lr=2e-2, dropout=0.0, seed=seed, progress=False,
@@ -95,7 +107,7 @@ def test_user_batches_fill_an_event_budget_with_short_users():
     user = np.repeat(np.arange(len(lengths)), lengths)
     n = len(user)
     data = make_seqdata(user, np.full(n, 2), np.full(n, 2), np.zeros(n, dtype=np.int64), np.arange(n, dtype=float))
-    groups = T.user_batches(data, 8, rng, batch_events=256, bptt=64)
+    groups = user_batches(data, 8, rng, batch_events=256, bptt=64)
     got = np.sort(np.concatenate(groups))
     assert got.tolist() == np.flatnonzero(data.lengths >= 2).tolist()
     assert sum(len(g) < 8 for g in groups) <= 1  # only the tail of the length order may be short
@@ -104,7 +116,7 @@ def test_user_batches_fill_an_event_budget_with_short_users():
         assert slots <= 256 or len(g) <= 8
     sizes = {int(data.lengths[g].max()): len(g) for g in groups if len(set(data.lengths[g])) == 1}
     assert sizes[2] == 128 and sizes[200] == 8  # 256 / 2 short users; long users: `batch`
-    plain = T.user_batches(data, 8, np.random.default_rng(0), batch_events=0)
+    plain = user_batches(data, 8, np.random.default_rng(0), batch_events=0)
     assert sorted(len(g) for g in plain)[1:] == [8] * (len(plain) - 1)  # off: `batch` users each
 
 
@@ -128,15 +140,15 @@ def test_calibration_tempers_an_overconfident_explore_head():
     cfg = TrainConfig(epochs=10, batch=8, lr=2e-2, dropout=0.0, progress=False, vocab_cutoff=None,
                       hidden=32, emb=32, ring=8, negatives=128, device="cpu", calibrate_frac=0.0)
     ck = train_model(planted_events(100, 30, seed=1, pairs=5), cfg)
-    a = T.events_to_arrays(planted_events(60, 40, seed=2, pairs=5))  # other users: held out
+    a = events_to_arrays(planted_events(60, 40, seed=2, pairs=5))  # other users: held out
     data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
                         a["action"], a["ts"], a["row"])
     since = float(np.quantile(data.ts, 0.5))
-    fair = T.calibrate_fusion(ck.model, data, since)
+    fair = calibrate_fusion(ck.model, data, since)
     with torch.no_grad():
         ck.model.item_query.weight.mul_(6.0)
         ck.model.item_query.bias.mul_(6.0)
-    over = T.calibrate_fusion(ck.model, data, since)
+    over = calibrate_fusion(ck.model, data, since)
     assert over["item_rows"] > 500
     assert over["item_temp"] >= 3 * fair["item_temp"]
     assert over["item_nll_after"] < over["item_nll_before"] - 1.0
@@ -152,7 +164,7 @@ def test_action_calibration_tempers_an_overconfident_action_head():
     cfg = TrainConfig(epochs=2, progress=False, vocab_cutoff=None, hidden=16, emb=16, ring=8,
                       negatives=64, device="cpu", calibrate_frac=0.0)
     ck = train_model(planted_events(40, 30, seed=1), cfg)
-    a = T.events_to_arrays(planted_events(60, 40, seed=2))  # other users: held out
+    a = events_to_arrays(planted_events(60, 40, seed=2))  # other users: held out
     data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
                         a["action"], a["ts"], a["row"])
     since = float(np.quantile(data.ts, 0.3))
@@ -160,13 +172,13 @@ def test_action_calibration_tempers_an_overconfident_action_head():
     with torch.no_grad():
         m.action_head.weight.mul_(8.0)
         m.action_head.bias.mul_(8.0)
-    cal = T.calibrate_actions(m, data, since, min_rows=200)
+    cal = calibrate_actions(m, data, since, min_rows=200)
     assert cal["action_rows"] > 1000 and cal["action_temp"] > 2.0
     assert cal["action_nll_after"] < cal["action_nll_before"] - 0.1
     h = torch.randn(5, 16)
     with torch.no_grad():
         assert torch.allclose(m.action_logits(h), m.action_head(h) / cal["action_temp"] + m.action_shift)
-    assert T.calibrate_actions(m, data, since, min_rows=10**6) == {"action_rows": cal["action_rows"]}
+    assert calibrate_actions(m, data, since, min_rows=10**6) == {"action_rows": cal["action_rows"]}
     assert m.action_temp.item() == 1.0 and m.action_shift.abs().sum().item() == 0.0
 
 
@@ -184,7 +196,7 @@ def test_held_out_targets_leave_the_action_head_untouched():
         data.weight = np.full(n, w)
         b = make_batch(data, np.array([0, 1]), 3600.0, float(data.ts.max()), 48, torch.device("cpu"))
         model.zero_grad()
-        loss, *_ = T.chunk_loss(model, b, 0, 6, model.init_hidden(2), cfg, sampler, None)
+        loss, *_ = chunk_loss(model, b, 0, 6, model.init_hidden(2), cfg, sampler, None)
         loss.backward()
         grads.append(model.action_head.weight.grad.abs().sum().item())
     assert grads[0] == 0.0 and grads[1] > 0.0
@@ -194,18 +206,18 @@ def test_held_out_targets_train_nothing(monkeypatch):
     """With calibrate_frac, targets in the last part of the log's time weigh 0 in training (they
     are what the calibration is measured on), and the calibration lands in the checkpoint."""
     seen = {}
-    real_fit = T.fit_model
+    real_fit = fit_model
 
     def spy(model, data, cfg, **kw):
         seen["ts"], seen["weight"] = data.ts.copy(), data.weight.copy()
         return real_fit(model, data, cfg, **kw)
 
-    monkeypatch.setattr(T, "fit_model", spy)
+    monkeypatch.setattr(calibrate_module, "fit_model", spy)
     events = planted_events(40, 20, seed=7)
     cfg = TrainConfig(epochs=1, progress=False, hidden=16, emb=16, ring=8, negatives=64, device="cpu",
                       calibrate_frac=0.25)
     ck = train_model(events, cfg)
-    since = np.quantile(T.events_to_arrays(events)["ts"], 0.75)
+    since = np.quantile(events_to_arrays(events)["ts"], 0.75)
     assert (seen["weight"][seen["ts"] >= since] == 0).all()
     assert (seen["weight"][seen["ts"] < since] > 0).all()
     cal = ck.meta["calibration"]
@@ -233,17 +245,18 @@ def test_cutoff_view_keeps_the_logs_next_event_for_churn_labels():
     assert b.churn_mask[0].tolist() == [True, True, True]
     b = make_batch(v, np.array([0]), horizon_s=1500, data_end=3100.0, n_gap_buckets=48, device=torch.device("cpu"))
     assert b.churn_mask[0].tolist() == [True, True, False]  # the log's last event: censored
-    both = T.concat_seqdata([v, data])
+    both = concat_seqdata([v, data])
     assert both.next_ts is None  # one part without them: every part falls back to its own rows
     later = cutoff_view(data, 0.9)  # item 9 is before this cut-off: nothing dropped
-    assert T.concat_seqdata([v, later]).next_ts.tolist() == [1000.0, 2000.0, np.inf, 1000.0, 2000.0, 3000.0, np.inf]
+    assert concat_seqdata([v, later]).next_ts.tolist() == [1000.0, 2000.0, np.inf, 1000.0, 2000.0, 3000.0, np.inf]
 
 
 def test_ranker_on_evaluation_protocol():
-    from models.evaluate import EventTable, build_eval_data, evaluate_data
+    from models.evaluate.data import EventTable, build_eval_data
+    from models.evaluate.protocol import evaluate_data
     table = EventTable.from_events(planted_events(40, 30, seed=4))
     data = build_eval_data(table, "item")
-    r = T.GRURanker(TrainConfig(epochs=1, progress=False, hidden=16, emb=16, ring=8))
+    r = GRURanker(TrainConfig(epochs=1, progress=False, hidden=16, emb=16, ring=8))
     res = evaluate_data(data, {"gru": r}, "frozen", progress=False, include_baselines=False)
     assert res["n"] == int(data.is_scored.sum()) and 0 <= res["models"]["gru"]["R@20"] <= 1
     idx = data.scored_idx[:5]
@@ -252,28 +265,28 @@ def test_ranker_on_evaluation_protocol():
 
 
 def test_cli_train_writes_checkpoint(tmp_path, capsys):
-    from models.datasets import write_jsonl
+    from models.datasets.dump import write_jsonl
     log = tmp_path / "log.jsonl"
     write_jsonl(planted_events(10, 15, seed=5), log)
     parser = argparse.ArgumentParser()
-    T.add_train_arguments(parser)
+    add_train_arguments(parser)
     out = tmp_path / "m.pt"
     args = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "1",
                               "--hidden", "16", "--no-progress", "--version", "3"])
-    assert T.run_train_command(args) == 0
+    assert run_train_command(args) == 0
     ck = load_checkpoint(out, device="cpu")
     assert ck.version == 3 and ck.config.hidden == 16 and ck.meta["source"]["format"] == "jsonl"
     bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "0"])
-    assert T.run_train_command(bad) == 2
+    assert run_train_command(bad) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "seqstream train: error: --epochs must be >= 1"
     bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--calibrate-frac", "1"])
-    assert T.run_train_command(bad) == 2
+    assert run_train_command(bad) == 2
     assert capsys.readouterr().err.strip() == "seqstream train: error: --calibrate-frac must be in [0, 1)"
     bad = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--batch-events", "-1"])
-    assert T.run_train_command(bad) == 2
+    assert run_train_command(bad) == 2
     assert capsys.readouterr().err.strip() == "seqstream train: error: --batch-events must be >= 0"
     missing = parser.parse_args([str(tmp_path / "nope.csv"), "--format", "taobao", "--out", str(out)])
-    assert T.run_train_command(missing) == 2
+    assert run_train_command(missing) == 2
 
 
 def test_category_log_prob_equals_the_full_mixture_with_gradients():
@@ -316,7 +329,7 @@ def test_category_log_prob_equals_the_full_mixture_with_gradients():
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     want, want_g = grads(full)
-    got, got_g = grads(lambda: T.category_log_prob(model, h, recent, target))
+    got, got_g = grads(lambda: category_log_prob(model, h, recent, target))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert set(got_g) == set(want_g)
     for name in want_g:
@@ -330,11 +343,11 @@ def test_category_successors_count_within_users_and_keep_the_top():
     cats = np.array([2, 3, 2, 3, 4, 3, 1, 2])  # user 1: 3 -> unknown -> 2 counts nothing
     n = len(user)
     data = make_seqdata(user, np.full(n, 2), cats, np.zeros(n, dtype=np.int64), np.arange(n, dtype=float))
-    ids, counts = T.category_successors(data, 6, 2)
+    ids, counts = category_successors(data, 6, 2)
     assert ids[2].tolist() == [3, 0] and counts[2].tolist() == [2.0, 0.0]
     assert ids[3].tolist() == [2, 4] and counts[3].tolist() == [1.0, 1.0]  # tie: smaller id first
     assert not ids[1].any() and not ids[4].any() and not counts[5].any()  # nothing after 4 (user 0's last)
-    ids1, counts1 = T.category_successors(data, 6, 1)
+    ids1, counts1 = category_successors(data, 6, 1)
     assert ids1[3].tolist() == [2]  # top 1 of a tie
 
 
@@ -375,16 +388,16 @@ def test_successor_rank_scale_is_fitted_by_held_out_mrr_and_served():
     data = make_seqdata(user, rng.integers(2, 30, len(user)), cats, np.zeros(len(user), dtype=np.int64), ts)
     m = SeqModel(ModelConfig(n_items=30, n_categories=ring_of + 2, hidden=8, emb=8, ring=10, cat_successors=4))
     m.set_valid(30, ring_of + 2)
-    m.set_category_successors(*map(torch.as_tensor, T.category_successors(data, ring_of + 2, 4)))
+    m.set_category_successors(*map(torch.as_tensor, category_successors(data, ring_of + 2, 4)))
     since = float(np.quantile(data.ts, 0.5))
     with torch.no_grad():
         m.cat_bias.copy_(torch.randn(ring_of + 2, generator=torch.Generator().manual_seed(0)) * 2.0)
         m.cat_succ_w.fill_(0.0)
-    flat = T.calibrate_successor_rank(m, data, since)
+    flat = calibrate_successor_rank(m, data, since)
     assert flat["successor_rank_scale"] == 1.0 and flat["successor_rank_rows"] > 50
     with torch.no_grad():
         m.cat_succ_w.fill_(0.05)
-    fit = T.calibrate_successor_rank(m, data, since)
+    fit = calibrate_successor_rank(m, data, since)
     assert fit["successor_rank_scale"] >= 8.0
     assert fit["successor_rank_mrr20_after"] > 1.5 * fit["successor_rank_mrr20_before"]
     assert m.cat_succ_rank_scale.item() == fit["successor_rank_scale"]
@@ -433,7 +446,7 @@ def test_gradient_step_with_sparse_rows_equals_dense_updates(clip):
     dense = torch.nn.Embedding(10, 3)
     sparse = torch.nn.Embedding(10, 3, sparse=True)
     sparse.load_state_dict(dense.state_dict())
-    steps = [T.GradientStep(m, torch.optim.Adam(m.parameters(), lr=0.1), clip) for m in (dense, sparse)]
+    steps = [GradientStep(m, torch.optim.Adam(m.parameters(), lr=0.1), clip) for m in (dense, sparse)]
     for rows in ([1, 2, 2], [3, 4], [1, 9], [5]):
         idx = torch.tensor(rows)
         w = torch.randn(len(rows), 3, generator=g)
@@ -449,12 +462,12 @@ def test_predict_at_returns_only_the_outputs_asked_for():
                       device="cpu", calibrate_frac=0.0)
     events = planted_events(20, 12, seed=3, pairs=3)
     ck = train_model(events, cfg)
-    a = T.events_to_arrays(events)
+    a = events_to_arrays(events)
     data = make_seqdata(a["user"], ck.item_vocab.index(a["item"]), ck.category_vocab.index(a["cat"]),
                         a["action"], a["ts"], a["row"])
     pos = np.array([30, 3, 17, 100])
     every = predict_at(ck.model, data, pos)
-    assert set(every) == set(T.PREDICTIONS) and every["item_logits"].shape[0] == 4
+    assert set(every) == set(PREDICTIONS) and every["item_logits"].shape[0] == 4
     cats = predict_at(ck.model, data, pos, outputs=("category_logits",))
     assert list(cats) == ["category_logits"] and torch.equal(cats["category_logits"], every["category_logits"])
     with pytest.raises(ValueError, match="unknown outputs"):

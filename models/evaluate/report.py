@@ -1,0 +1,124 @@
+"""Results for people: a plain-text table per run, and a Markdown report with PNG plots."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(metrics: dict[str, Any], key: str) -> str:
+    v = metrics.get(key)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "   -  "
+    std = metrics.get(f"{key}_std")
+    return f"{v:.4f}" + (f"±{std:.4f}" if std is not None else "")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of one result (one target, one mode)."""
+    ks = [k[2:] for k in next(iter(result["models"].values())) if k.startswith("R@") and not k.endswith("_std")]
+    cols = [c for k in ks for c in (f"R@{k}", f"MRR@{k}")]
+    width = max(8, *(len(n) for n in result["models"]))
+    seeds = f", mean±std of {result['seeds']} seeds" if result.get("seeds") else ""
+    lines = [f"target={result['target']} mode={result['mode']} n={result['n']} |V|={result['V']}{seeds}"]
+    cell = max(len(_fmt(m, c)) for m in result["models"].values() for c in cols)
+    lines.append(f"{'model':<{width}}  " + "  ".join(f"{c:>{cell}}" for c in cols))
+    for name, m in result["models"].items():
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{_fmt(m, c):>{cell}}" for c in cols))
+    for name, m in result.get("action", {}).items():
+        lines.append(
+            f"next action [{name}] n={m['n']}: AUC purchase {_fmt(m, 'auc_purchase')}, cart {_fmt(m, 'auc_cart')}; "
+            f"AP purchase {_fmt(m, 'ap_purchase')}, cart {_fmt(m, 'ap_cart')}; log-loss {_fmt(m, 'log_loss')}"
+        )
+    churn = result.get("churn")
+    if churn:
+        head = f"churn H={churn['horizon_s'] / 3600:g}h n={churn['n']}"
+        if churn.get("note"):
+            lines.append(f"{head}: {churn['note']}")
+        for name, m in churn["models"].items():
+            lines.append(
+                f"{head} [{name}] positive rate {_fmt(m, 'pos_rate')}: "
+                f"ROC-AUC {_fmt(m, 'roc_auc')}, PR-AUC {_fmt(m, 'pr_auc')}"
+            )
+    return "\n".join(lines)
+
+
+def _markdown_table(result: dict[str, Any]) -> str:
+    keys = [k for k in next(iter(result["models"].values())) if "@" in k and not k.endswith("_std")]
+    out = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, m in result["models"].items():
+        out.append(f"| {name} | " + " | ".join(_fmt(m, k).strip() for k in keys) + " |")
+    return "\n".join(out)
+
+
+def write_report(results: list[dict[str, Any]], out_dir: str | Path, title: str = "seqstream evaluation",
+                 source: str | None = None) -> Path:
+    """Markdown report plus PNG plots (Recall@K curves; action-head reliability diagrams)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# {title}", ""]
+    if source:
+        md += [f"Log: `{source}`", ""]
+    md += ["Protocol: EVALUATION.md v1 (full ranking, ties count against, micro averages).", ""]
+    for res in results:
+        tag = f"{res['target']}_{res['mode']}"
+        seeds = f", mean±std of {res['seeds']} seeds" if res.get("seeds") else ""
+        md += [f"## {res['target']} / {res['mode']}", "", f"n = {res['n']} scored events, |V| = {res['V']}{seeds}", ""]
+        md += [_markdown_table(res), ""]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, curve in res["curve"]["recall"].items():
+            ax.plot(res["curve"]["K"], curve, marker=".", label=name)
+        ax.set_xlabel("K")
+        ax.set_ylabel("Recall@K")
+        ax.set_title(f"{res['target']} / {res['mode']} (n={res['n']}, |V|={res['V']})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"recall_{tag}.png", dpi=110)
+        plt.close(fig)
+        md += [f"![Recall@K](recall_{tag}.png)", ""]
+
+        action = res.get("action", {})
+        if action:
+            md += ["### Next action", "", "| model | n | AUC purchase | AUC cart | AP purchase | AP cart | log-loss |",
+                   "|---|---|---|---|---|---|---|"]
+            for name, m in action.items():
+                md.append(f"| {name} | {m['n']} | " + " | ".join(
+                    _fmt(m, k).strip() for k in ("auc_purchase", "auc_cart", "ap_purchase", "ap_cart", "log_loss")) + " |")
+            md.append("")
+            for name, m in action.items():
+                if name == "prior":
+                    continue  # a constant: its reliability diagram is a single point per action
+                fig, ax = plt.subplots(figsize=(5, 5))
+                ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+                for a, cal in m["calibration"].items():
+                    ax.plot(cal["mean_pred"], cal["frac_pos"], marker="o", label=a)
+                ax.set_xlabel("predicted probability")
+                ax.set_ylabel("observed frequency")
+                ax.set_title(f"next-action calibration: {name} ({res['target']}/{res['mode']})")
+                ax.legend()
+                fig.tight_layout()
+                safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+                fig.savefig(out / f"calibration_{tag}_{safe}.png", dpi=110)
+                plt.close(fig)
+                md += [f"![calibration {name}](calibration_{tag}_{safe}.png)", ""]
+
+        churn = res.get("churn")
+        if churn:
+            md += [f"### Churn (H = {churn['horizon_s'] / 3600:g} h, n = {churn['n']})", ""]
+            if churn.get("note"):
+                md += [churn["note"], ""]
+            if churn["models"]:
+                md += ["| model | positive rate | ROC-AUC | PR-AUC |", "|---|---|---|---|"]
+                for name, m in churn["models"].items():
+                    md.append(f"| {name} | " + " | ".join(_fmt(m, k).strip() for k in ("pos_rate", "roc_auc", "pr_auc")) + " |")
+                md.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(md), encoding="utf-8")
+    return path
