@@ -98,8 +98,9 @@ def run_trainer(settings: Settings, online: "OnlineSettings") -> int:
     async def start_follower() -> None:
         follower.start()
 
-    log.info("trainer %s on %s: base version %d on %s, round every %d samples or %.0fs", group,
-             bootstrap, scoring.version, trainer.learner.device, online.every_n, online.every_s)
+    logging.getLogger("seqstream.online").info(
+        "trainer %s on %s: base version %d on %s, round every %d samples or %.0fs", group,
+        bootstrap, scoring.version, trainer.learner.device, online.every_n, online.every_s)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0
