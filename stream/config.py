@@ -1,7 +1,8 @@
 """Settings for a seqstream process: defaults, then SEQSTREAM_* environment, then flags.
 
-The one reader of SEQSTREAM_* variables, except SEQSTREAM_BROKER, which the bootstrap resolver
-(stream/kafka.py) alone reads, and the embedded broker's own SEQSTREAM_BROKER_* knobs.
+SEQSTREAM_<FIELD> is read here for every field, online learning's SEQSTREAM_ONLINE_* included
+(stream/online/settings.py takes them from Settings); SEQSTREAM_BROKER is left to the bootstrap
+resolver (stream/kafka.py), its one reader.
 """
 from __future__ import annotations
 
