@@ -3,7 +3,7 @@
     python bench/bench_capture.py [--events 30000] [--repeat 3]
 
 One run = fresh topics pre-loaded with the same N events, one worker process
-(`python -m stream.online worker`), throughput = N / (time between the first and the N-th
+(`python -m stream.cli worker`), throughput = N / (time between the first and the N-th
 prediction, by the predictions' broker timestamps; startup excluded). Modes, interleaved in the
 same invocation (off, on, off, on, ...) so that machine noise hits both alike:
 - off: SEQSTREAM_ONLINE=0 (serving only; still follows model-updates);
@@ -120,8 +120,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=30_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from stream.worker import resolve_bootstrap
-    bootstrap = os.environ.get("SEQSTREAM_BROKER") or resolve_bootstrap(Settings())
+    from stream.kafka import resolve_bootstrap
+    bootstrap = resolve_bootstrap()  # SEQSTREAM_BROKER, else the embedded broker
     evs = events(args.events, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

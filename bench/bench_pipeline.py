@@ -214,13 +214,9 @@ def main() -> None:
     p.add_argument("--worker-args", default="",
                    help="extra `seqstream worker` arguments, e.g. --worker-args=--no-online")
     args = p.parse_args()
-    bootstrap = os.environ.get("SEQSTREAM_BROKER")
-    if not bootstrap:
-        from stream.broker import EmbeddedBroker
+    from stream.kafka import resolve_bootstrap
 
-        broker = EmbeddedBroker()
-        broker.start()
-        bootstrap = broker.bootstrap
+    bootstrap = resolve_bootstrap()  # SEQSTREAM_BROKER, else the embedded broker (started)
     model = make_model(Path(tempfile.mkdtemp()) / "bench-model.pt")
     results: dict[str, list[dict]] = {}
     for r in range(args.repeat):

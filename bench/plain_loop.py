@@ -10,13 +10,12 @@ import asyncio
 import signal
 import time
 
-import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rocksdict import Rdict
 
 from models.gru import load_checkpoint
 from stream.config import Settings
-from stream.events import Event, decode_event, user_key
+from stream.events import Event, decode_event, encode_predictions, user_key
 from stream.scoring import Scorer, ScoringModel
 from stream.state import decode_state, encode_state
 
@@ -56,9 +55,8 @@ async def run(args: argparse.Namespace) -> None:
             for uid, st in states.items():
                 db[user_key(uid)] = encode_state(st)
             now = int(time.time() * 1000)
-            for p in preds:
-                await producer.send(settings.predictions_topic, key=user_key(p.user_id),
-                                    value=msgpack.packb(p.to_message(now), use_bin_type=True))
+            for p, value in zip(preds, encode_predictions(preds, now)):
+                await producer.send(settings.predictions_topic, key=user_key(p.user_id), value=value)
     finally:
         await consumer.stop()
         await producer.stop()

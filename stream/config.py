@@ -1,7 +1,14 @@
-"""Settings for a seqstream process: defaults, then SEQSTREAM_* environment, then flags."""
+"""Settings for a seqstream process: defaults, then SEQSTREAM_* environment, then flags.
+
+SEQSTREAM_<FIELD> is read here for every field, online learning's SEQSTREAM_ONLINE_* included
+(stream/online/settings.py takes them from Settings); SEQSTREAM_BROKER is left to the bootstrap
+resolver (stream/kafka.py), its one reader.
+"""
 from __future__ import annotations
 
 import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -12,6 +19,16 @@ DEFAULT_CACHE = Path(os.environ.get("SEQSTREAM_CACHE", Path.home() / ".cache" / 
 
 class ConfigError(ValueError):
     """A bad setting: the message is one line that says what is wrong."""
+
+
+_ENV_ELSEWHERE = ("broker",)  # SEQSTREAM_BROKER: stream/kafka.py
+
+
+def _plain_type(hint: typing.Any) -> type:
+    """`int | None` -> int: the type an environment string is converted to."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
 
 
 @dataclass
@@ -37,6 +54,17 @@ class Settings:
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off
     online: str = "1"  # "0": no online learning (no sample capture, no trainer; still follows versions)
+    # online learning (stream/online/settings.py): None = OnlineSettings' default
+    online_trainer: str | None = None  # worker | external (`seqstream trainer`)
+    online_every_n: int | None = None
+    online_every_s: float | None = None
+    online_min_samples: int | None = None
+    online_lr: float | None = None
+    online_margin: float | None = None
+    online_min_eval: int | None = None
+    online_replay: int | None = None
+    online_max_steps: int | None = None
+    online_keep_versions: int | None = None
     torch_threads: int = 0  # 0: half the cores (at most 4): scoring and the trainer each get a thread
     rocksdb_block_cache_mb: int = 32
     log_level: str = "info"
@@ -108,14 +136,22 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "Settings":
-        """SEQSTREAM_<FIELD> for every field (e.g. SEQSTREAM_BATCH_MAX=256), then overrides."""
+        """SEQSTREAM_<FIELD> for every field (e.g. SEQSTREAM_BATCH_MAX=256), then overrides.
+
+        `broker` is not read here: an empty one means "ask stream.kafka.resolve_bootstrap", which
+        reads SEQSTREAM_BROKER itself."""
         env = os.environ if env is None else env
         values: dict = {}
+        hints = typing.get_type_hints(cls)
         for f in fields(cls):
+            if f.name in _ENV_ELSEWHERE:
+                continue
             raw = env.get(f"SEQSTREAM_{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(getattr(cls(), f.name))
+            kind = _plain_type(hints[f.name])
+            if raw == "" and kind is not hints[f.name]:
+                continue  # an optional setting left empty keeps its default
             try:
                 values[f.name] = Path(raw) if kind is Path else kind(raw)
             except ValueError:

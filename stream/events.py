@@ -1,14 +1,19 @@
-"""The event contract on the wire: msgpack codec, validation and dead-letter reasons.
+"""The messages on the wire: the input codec (msgpack, validation, dead-letter reasons) and the
+prediction message the worker publishes.
 
 Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
 time, ms since epoch) are required; `category_id`, `session_id`, `price` and `quantity` are
 optional; unknown fields are kept but ignored. The key is the user id as decimal ASCII.
 The topic names the action.
+
+Predictions go out keyed by the same user key, one msgpack map per scored event
+(`Prediction.to_message`, packed by `encode_predictions`).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 
@@ -185,3 +190,42 @@ def dead_letter_value(bad: Invalid) -> bytes:
 def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:
     return [("seqstream-reason", bad.reason.encode()),
             ("seqstream-source", f"{bad.topic}/{bad.partition}/{bad.offset}".encode())]
+
+
+# ============================================================================ predictions
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What the worker publishes for one event (see DESIGN.md's prediction message)."""
+
+    user_id: int
+    event: Event
+    model_version: int
+    next_action: dict[str, float]
+    next_items: list[tuple[int, float]]
+    churn_risk: float
+    late: bool
+    user_events: int  # the user's event count after this event: state continuity
+    churn_messages: tuple[dict, ...] = ()  # alerts / returns this event closed (churn-alerts)
+
+    def to_message(self, produced_at_ms: int | None = None) -> dict:
+        ev = self.event
+        return {
+            "user_id": self.user_id,
+            "event": {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset,
+                      "ts": ev.ts, "item_id": ev.item_id, "action": ev.action},
+            "model_version": self.model_version,
+            "next_action": self.next_action,
+            "next_items": self.next_items,  # (item, score) pairs pack as msgpack arrays
+            "churn_risk": self.churn_risk,
+            "late": self.late,
+            "user_events": self.user_events,
+            "produced_at": produced_at_ms if produced_at_ms is not None else int(time.time() * 1000),
+        }
+
+
+def encode_predictions(predictions: Sequence[Prediction], produced_at_ms: int) -> list[bytes]:
+    """The prediction-topic values of one batch, in order (one msgpack packer for the batch)."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return [pack(p.to_message(produced_at_ms)) for p in predictions]

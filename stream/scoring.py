@@ -1,7 +1,7 @@
 """Score a micro-batch of events against per-user state: the pure core of the worker.
 
-Events -> UserState -> batch tensors -> model -> Prediction records. Nothing here touches
-Kafka or Faust, so the same code scores a live batch, a replayed log, or a unit test.
+Events -> UserState -> batch tensors -> model -> Prediction records (the message itself is in
+stream/events.py). Nothing here touches Kafka or Faust, so the same code scores a live batch, a replayed log, or a unit test.
 
 A user may appear several times in one batch. The batch is split into *waves*: wave k holds
 the k-th event (in event-time order) of every user in the batch, so each event sees its
@@ -9,7 +9,6 @@ predecessor's state and each wave is one batched GRU step plus one batched predi
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -19,38 +18,8 @@ import torch
 from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucket
 from models.schema import ACTION_INDEX, ACTIONS
 from stream.churn import ChurnPolicy, on_event
-from stream.events import Event
+from stream.events import Event, Prediction
 from stream.state import Insertion, RingEntry, UserState, insert_event, is_redelivery
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What the worker publishes for one event (see DESIGN.md's prediction message)."""
-
-    user_id: int
-    event: Event
-    model_version: int
-    next_action: dict[str, float]
-    next_items: list[tuple[int, float]]
-    churn_risk: float
-    late: bool
-    user_events: int  # the user's event count after this event: state continuity
-    churn_messages: tuple[dict, ...] = ()  # alerts / returns this event closed (churn-alerts)
-
-    def to_message(self, produced_at_ms: int | None = None) -> dict:
-        ev = self.event
-        return {
-            "user_id": self.user_id,
-            "event": {"topic": ev.topic, "partition": ev.partition, "offset": ev.offset,
-                      "ts": ev.ts, "item_id": ev.item_id, "action": ev.action},
-            "model_version": self.model_version,
-            "next_action": self.next_action,
-            "next_items": self.next_items,  # (item, score) pairs pack as msgpack arrays
-            "churn_risk": self.churn_risk,
-            "late": self.late,
-            "user_events": self.user_events,
-            "produced_at": produced_at_ms if produced_at_ms is not None else int(time.time() * 1000),
-        }
 
 
 @dataclass

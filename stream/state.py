@@ -60,7 +60,6 @@ class UserState:
 class Insertion:
     """What adding one event did to the ring: the scorer turns this into GRU work."""
 
-    position: int  # where the event landed in the ring
     late: bool  # not appended at the end: hidden must be re-folded from the anchor
     evicted: RingEntry | None  # fell out of the ring: must be folded into the anchor
     prev_ts: int | None  # event time of the event before the evicted one (its gap)
@@ -84,18 +83,15 @@ def insert_event(state: UserState, entry: RingEntry, ring_size: int) -> Insertio
         if state.anchor_ts is not None and entry.ts < state.anchor_ts:
             state.n_too_late += 1
         keys = [e.ts for e in state.ring]
-        position = bisect.bisect_right(keys, entry.ts)
-        state.ring.insert(position, entry)
+        state.ring.insert(bisect.bisect_right(keys, entry.ts), entry)
     else:
-        position = len(state.ring)
         state.ring.append(entry)
     state.last_ts = entry.ts if state.last_ts is None else max(state.last_ts, entry.ts)
     evicted = None
     prev_ts = state.anchor_ts
     if len(state.ring) > ring_size:
         evicted = state.ring.pop(0)
-        position -= 1
-    return Insertion(position=max(position, 0), late=late, evicted=evicted, prev_ts=prev_ts)
+    return Insertion(late=late, evicted=evicted, prev_ts=prev_ts)
 
 
 def _pack_vector(v: np.ndarray | None) -> bytes | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from stream.cli.common import add_common, settings_from
-from stream.worker import run_worker
+from stream.worker.run import run_worker
 
 
 def add_worker_flags(p: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 
 The worker restarts with a faust whose consumer drops the first input record it is handed
 (tests/integration/lossy_faust), as faust did in about 1 restart in 50. Every event must still be
-predicted exactly once: the worker finds the loss (stream/agents.py, skipped_fetches) and seeks
-back to it; scoring skips the records it had already applied."""
+predicted exactly once: the worker finds the loss (stream/worker/fetch_watch.py, skipped_fetches)
+and seeks back to it; scoring skips the records it had already applied."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -27,7 +27,7 @@ from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
 from models.online import OnlineConfig, OnlineLearner, decode_sample, encode_sample
 from models.schema import LogEvent
 from stream.config import Settings
-from stream.online import read_store
+from stream.online.follower import read_store
 from tests.integration.workers import WorkerProcess, send_events
 
 REPO = Path(__file__).resolve().parents[2]

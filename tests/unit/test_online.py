@@ -14,10 +14,10 @@ from models.gru import ModelConfig, SeqModel, Vocab
 from models.online import (OnlineConfig, OnlineLearner, ReplayBuffer, Sample, checkpoint_bytes,
                            checkpoint_from_bytes, decode_sample, encode_sample, promotion_decision)
 from models.schema import ACTIONS
-from stream.events import Event
-from stream.online import (CHUNK_BYTES, MAX_MESSAGE_BYTES, OnlineSettings, SampleCapture, VersionStore,
-                           sample_from_state, version_messages)
-from stream.scoring import Prediction
+from stream.events import Event, Prediction
+from stream.online.capture import SampleCapture, sample_from_state
+from stream.online.settings import OnlineSettings
+from stream.online.versions import CHUNK_BYTES, MAX_MESSAGE_BYTES, VersionStore, version_messages
 from stream.state import RingEntry, UserState, insert_event
 
 torch.set_num_threads(2)

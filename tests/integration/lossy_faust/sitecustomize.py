@@ -1,7 +1,7 @@
 """Loaded only by the worker that tests/integration/test_lost_fetch.py starts (this folder on its
 PYTHONPATH): faust's consumer drops the first record of SEQSTREAM_TEST_DROP_TOPICS that the
-fetcher hands it, the way faust lost a record after a restart (stream/agents.py,
-ScoringPipeline.skipped_fetches). Nothing outside that test imports it."""
+fetcher hands it, the way faust lost a record after a restart (stream/worker/fetch_watch.py,
+FetchWatch.skipped_fetches). Nothing outside that test imports it."""
 import os
 
 import faust.transport.consumer as _consumer

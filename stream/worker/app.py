@@ -1,4 +1,4 @@
-"""The faust.App for one seqstream deployment: topics and the user-state table."""
+"""The faust.App for one seqstream deployment: topics and the user-state table (Wiring)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,28 +1,30 @@
-"""`seqstream worker`: check topics, load the model, wire the agents, run faust."""
+"""The run entries: `seqstream worker` (check topics, load the model, wire the agents, run faust)
+and `seqstream trainer` (the online trainer agent alone, in its own faust app)."""
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
+from models.device import resolve_device
 from models.gru import ModelConfig, SeqModel, Vocab, load_checkpoint
 from stream.config import ConfigError, Settings
+from stream.kafka import resolve_bootstrap
 from stream.scoring import ScoringModel
+
+if TYPE_CHECKING:
+    from stream.online.settings import OnlineSettings
 
 log = logging.getLogger("seqstream.worker")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for, but torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def load_scoring_model(settings: Settings) -> ScoringModel:
-    device = pick_device(settings.device)
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:  # cuda asked for, none there: one line for the operator
+        raise ConfigError(str(exc)) from None
     if settings.model:
         try:
             ckpt = load_checkpoint(settings.model, device=device)
@@ -36,27 +38,22 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
     return ScoringModel(model, Vocab([], 2), Vocab([], 2), 0, device)
 
 
-def resolve_bootstrap(settings: Settings) -> str:
-    """TRANSITIONAL: callers move to stream.kafka.resolve_bootstrap."""
-    from stream.kafka import resolve_bootstrap as _resolve
-
-    return _resolve(settings.broker)
-
-
 def run_worker(settings: Settings) -> int:
     import faust
 
-    from stream.agents import ScoringPipeline, register_agents
-    from stream.app import create_app
     from stream.churn import ChurnPolicy
+    from stream.online.wiring import register_online
     from stream.scoring import Scorer
     from stream.topics import check_copartitioned
+    from stream.worker.agents import register_agents
+    from stream.worker.app import create_app
+    from stream.worker.pipeline import ScoringPipeline
 
     settings.validate()
     # the scorer and the in-worker trainer run in two executor threads beside the event loop:
     # more intra-op threads than that oversubscribes small hosts (measured in bench_capture.py)
     torch.set_num_threads(settings.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
-    bootstrap = resolve_bootstrap(settings)
+    bootstrap = resolve_bootstrap(settings.broker)
     partitions = check_copartitioned(bootstrap, settings)
     scoring = load_scoring_model(settings)
     wiring = create_app(settings, bootstrap, partitions)
@@ -67,11 +64,43 @@ def run_worker(settings: Settings) -> int:
     pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring,
                                                         top_k=settings.top_k, churn=policy))
     register_agents(wiring, pipeline)
-    from stream.online import register_online
-
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
              bootstrap, partitions, pipeline.scorer.scoring.version, scoring.device, ring)
     worker = faust.Worker(wiring.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def run_trainer(settings: Settings, online: "OnlineSettings") -> int:
+    """The trainer agent alone, in its own faust app (group <app-id>-trainer); no serving."""
+    import faust
+
+    from stream.online.follower import Follower
+    from stream.online.wiring import make_trainer, register_trainer
+
+    settings.validate()
+    bootstrap = resolve_bootstrap(settings.broker)
+    scoring = load_scoring_model(settings)
+    group = f"{settings.app_id}-trainer"
+    app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
+                    datadir=str(settings.data_dir / "trainer"), consumer_auto_offset_reset="earliest",
+                    topic_allow_declare=False, web_enabled=False, broker_session_timeout=30.0,
+                    broker_heartbeat_interval=3.0)
+    follower = Follower(bootstrap, settings.model_updates_topic, device=scoring.device)
+    ckpt = follower.catch_up(scoring.version)
+    if ckpt is not None:
+        scoring = ScoringModel.from_checkpoint(ckpt)
+    trainer = make_trainer(app, settings, online, scoring, follower)
+    register_trainer(app, settings, trainer, f"{group}-agent")
+
+    @app.task
+    async def start_follower() -> None:
+        follower.start()
+
+    logging.getLogger("seqstream.online").info(
+        "trainer %s on %s: base version %d on %s, round every %d samples or %.0fs", group,
+        bootstrap, scoring.version, trainer.learner.device, online.every_n, online.every_s)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0
