@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.to_kafka:
         settings = settings_from(args)
         try:
-            summary = send_log(log, resolve_bootstrap(settings.broker), settings.prefix, progress)
+            summary = send_log(log, resolve_bootstrap(args.broker), settings.prefix, progress)
         except (ReplayError, ConfigError) as exc:  # ConfigError: no broker at --broker / embedded
             print(f"seqstream generate: {exc}", file=sys.stderr)
             return 1

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not opts.path.is_file():
             raise ReplayError(f"no such file: {opts.path}")
-        bootstrap = resolve_bootstrap(settings.broker)
+        bootstrap = resolve_bootstrap(args.broker)
         # A factory, not a producer: with several producers each lane makes its own after the
         # fork; with one, replay_file makes it and closes it.
         summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=opts.prefix))
