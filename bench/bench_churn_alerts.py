@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -32,7 +31,9 @@ from models.gru import save_checkpoint  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
 from models.train import TrainConfig, train_model  # noqa: E402
 from stream.config import Settings  # noqa: E402
-from stream.replay import Replayer, replay_events  # noqa: E402
+from stream.kafka import explicit_bootstrap  # noqa: E402
+from stream.replay.loop import replay_events  # noqa: E402
+from stream.replay.producer import Replayer  # noqa: E402
 from stream.topics import create_topics, delete_topics  # noqa: E402
 from tests.integration.workers import WorkerProcess, consume_until  # noqa: E402
 
@@ -59,9 +60,9 @@ def main() -> None:
     model = work / "model.pt"
     save_checkpoint(model, ckpt.model, ckpt.item_vocab, ckpt.category_vocab, version=1, meta={})
 
-    bootstrap = os.environ.get("SEQSTREAM_BROKER")
+    bootstrap = explicit_bootstrap()
     if not bootstrap:
-        from stream.broker import EmbeddedBroker
+        from stream.broker.embedded import EmbeddedBroker
 
         broker = EmbeddedBroker()
         broker.start()

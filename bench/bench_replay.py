@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 from models.datasets import write_jsonl, write_msgpack  # noqa: E402
 from models.schema import ACTIONS  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
-from stream.replay import (  # noqa: E402
-    ReplayOptions, Replayer, default_producers, replay_file, resolve_bootstrap,
-)
+from stream.kafka import resolve_bootstrap  # noqa: E402
+from stream.replay.file import replay_file  # noqa: E402
+from stream.replay.options import ReplayOptions, default_producers  # noqa: E402
+from stream.replay.producer import Replayer  # noqa: E402
 
 
 def create_topics(bootstrap: str, prefix: str, partitions: int) -> list[str]:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 opts = ReplayOptions(path, args.format, prefix=prefix, progress=False,
                                      checkpoint=Path(tmp) / f"cp-{run}.json",
                                      producers=args.producers)
-                # A factory: each producer process makes its own (see stream/replay_lanes.py).
+                # A factory: each producer process makes its own (see stream/replay/lanes.py).
                 summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=prefix,
                                                              producer_config=overrides))
             finally:

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +24,7 @@ import numpy as np
 
 from stream.config import DEFAULT_CACHE, ConfigError, Settings
 from stream.events import encode_value, input_topic, user_key
+from stream.kafka import explicit_bootstrap
 
 MALFORMED = [b"\xc1 not msgpack", msgpack.packb([1, 2, 3]),
              msgpack.packb({"user_id": 1, "item_id": "x", "ts": 1})]
@@ -128,19 +127,24 @@ def produce(bootstrap: str, settings: Settings, rate: float, seed: int, view: Li
         producer.close(5)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: int = 4,
+             seed: int = 7, keep: bool = False, keep_broker: bool = False,
+             broker: str | None = None) -> int:
+    """The whole demo (see the module docstring); the exit code. `duration` None: until Ctrl-C.
+    `keep`: leave its topics and state; `keep_broker`: leave an embedded broker it started running;
+    `broker`: host:port of an existing cluster (else SEQSTREAM_BROKER, else the embedded one)."""
     from kafka import KafkaConsumer
 
     from stream.topics import create_topics, delete_topics
 
-    if args.rate <= 0:
-        raise ConfigError(f"--rate must be positive, got {args.rate}")
-    if args.duration is not None and args.duration <= 0:
-        raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if rate <= 0:
+        raise ConfigError(f"--rate must be positive, got {rate}")
+    if duration is not None and duration <= 0:
+        raise ConfigError(f"--duration must be positive, got {duration}")
     broker_handle = None
-    bootstrap = args.broker or os.environ.get("SEQSTREAM_BROKER", "")
+    bootstrap = explicit_bootstrap(broker)
     if not bootstrap:
-        from stream.broker import EmbeddedBroker
+        from stream.broker.embedded import EmbeddedBroker
 
         broker_handle = EmbeddedBroker()
         already = broker_handle.status().running
@@ -149,11 +153,11 @@ def run_demo(args: argparse.Namespace) -> int:
             broker_handle = None  # not ours to stop
         bootstrap = EmbeddedBroker().bootstrap
     print(f"demo: broker at {bootstrap}")
-    model_path = demo_model(DEFAULT_CACHE / "demo" / f"model-seed{args.seed}.pt", args.seed)
+    model_path = demo_model(DEFAULT_CACHE / "demo" / f"model-seed{seed}.pt", seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     settings = Settings(prefix=f"demo-{run_id}.", app_id=f"seqstream-demo-{run_id}",
                         broker=bootstrap, model=str(model_path))
-    create_topics(bootstrap, settings, args.partitions)
+    create_topics(bootstrap, settings, partitions)
     workdir = Path(tempfile.mkdtemp(prefix="seqstream-demo-"))
     worker_log = workdir / "worker.log"
     cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", bootstrap,
@@ -168,10 +172,10 @@ def run_demo(args: argparse.Namespace) -> int:
                              bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, group_id=None)
     producer = threading.Thread(target=produce, name="demo-producer", daemon=True,
-                                args=(bootstrap, settings, args.rate, args.seed, view, stop))
+                                args=(bootstrap, settings, rate, seed, view, stop))
     producer.start()
     tty = sys.stdout.isatty()
-    deadline = time.monotonic() + args.duration if args.duration else float("inf")
+    deadline = time.monotonic() + duration if duration else float("inf")
     last_render = 0.0
     rc = 0
     try:
@@ -203,24 +207,13 @@ def run_demo(args: argparse.Namespace) -> int:
             worker.kill()
         consumer.close()
         print(view.render())
-        if not args.keep:
+        if not keep:
             delete_topics(bootstrap, settings)
             shutil.rmtree(workdir, ignore_errors=True)
-        if broker_handle is not None and not args.keep_broker:
+        if broker_handle is not None and not keep_broker:
             broker_handle.stop()
     if rc == 0 and view.predictions == 0:
         print(f"demo: no predictions arrived; see {worker_log}")
         rc = 1
     return rc
 
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("demo", help="run everything on this machine and watch predictions flow")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
-    p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker running")
-    p.add_argument("--broker", default=None, help="bootstrap host:port of an existing cluster")
-    p.set_defaults(func=run_demo)

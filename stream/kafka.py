@@ -36,7 +36,9 @@ def resolve_bootstrap(explicit: str | None = None, start_embedded: bool = True,
     named = explicit_bootstrap(explicit)
     if named:
         return named
-    from stream.broker import BrokerError, EmbeddedBroker  # the embedded broker is optional here
+    # the embedded broker is optional here
+    from stream.broker.embedded import EmbeddedBroker
+    from stream.broker.install import BrokerError
 
     broker = EmbeddedBroker()
     if start_embedded:

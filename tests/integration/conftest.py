@@ -2,25 +2,27 @@
 
 `kafka_bootstrap` (session): "127.0.0.1:PORT" of a broker for the whole test session.
   - SEQSTREAM_BROKER=host:port set: that broker is used, nothing is started or stopped.
-  - else: an embedded KRaft broker (stream.broker) on a free port with its data in a pytest
+  - else: an embedded KRaft broker (stream/broker/) on a free port with its data in a pytest
     temp dir, started once (jars fetched by Maven on first use) and stopped at the end.
 `embedded_broker` (session): the EmbeddedBroker behind kafka_bootstrap, or None when external.
 `make_topic` (function): make_topic(partitions=1, **configs) -> a new, uniquely named topic.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Callable, Iterator
 
 import pytest
 
-from stream.broker import BrokerError, EmbeddedBroker, free_port, resolve_bootstrap
+from stream.broker.embedded import EmbeddedBroker
+from stream.broker.install import BrokerError
+from stream.broker.process import free_port
+from stream.kafka import explicit_bootstrap, resolve_bootstrap
 
 
 @pytest.fixture(scope="session")
 def embedded_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker | None]:
-    if os.environ.get("SEQSTREAM_BROKER", "").strip():
+    if explicit_bootstrap():  # SEQSTREAM_BROKER names one
         yield None
         return
     broker = EmbeddedBroker(port=free_port(), data_dir=tmp_path_factory.mktemp("kafka"))

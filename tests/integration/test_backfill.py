@@ -13,7 +13,8 @@ from models.schema import LogEvent
 from models.synthetic import GeneratorConfig, generate
 from stream.config import Settings
 from stream.events import encode_value, input_topic, user_key
-from stream.replay import Replayer, replay_events
+from stream.replay.loop import replay_events
+from stream.replay.producer import Replayer
 from stream.topics import create_topics, delete_topics
 from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 

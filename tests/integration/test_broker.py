@@ -1,4 +1,4 @@
-"""The embedded broker (stream.broker) and the Kafka clients seqstream relies on, against a real broker.
+"""The embedded broker (stream/broker/) and the Kafka clients seqstream relies on, against a real broker.
 
 Kafka 4.x dropped old protocol versions (KIP-896), so these double as the compatibility check
 for kafka-python, aiokafka (plain, group, transactional, read_committed) and faust-streaming.
@@ -17,11 +17,18 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
-from stream.broker import BrokerError, EmbeddedBroker, free_port, resolve_bootstrap
+from stream.broker.embedded import EmbeddedBroker
+from stream.broker.install import BrokerError
+from stream.broker.process import free_port
+from stream.kafka import resolve_bootstrap
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+# `seqstream broker ...` with only the broker command (the full CLI imports torch: seconds per start).
+BROKER_CLI = ("import sys; from stream.cli import broker; from stream.cli.common import OneLineParser; "
+              "p = OneLineParser(prog='seqstream'); broker.add_parser(p.add_subparsers()); "
+              "a = p.parse_args(['broker', *sys.argv[1:]]); sys.exit(a.func(a))")
 
 
 def _needs_embedded(broker: EmbeddedBroker | None) -> EmbeddedBroker:
@@ -64,7 +71,7 @@ def test_cli_status_start_stop_exit_codes(embedded_broker: EmbeddedBroker | None
     broker = _needs_embedded(embedded_broker)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "stream.broker", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-c", BROKER_CLI, *args], capture_output=True,
                               text=True, cwd=REPO, timeout=60)
 
     up = cli("status", "--port", str(broker.port), "--data-dir", str(broker.dir))
@@ -94,7 +101,7 @@ def test_a_cluster_id_starting_with_a_dash_formats_and_starts(embedded_broker: E
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """1 in 64 random ids starts with "-"; `kafka-storage format` must not read it as an option."""
     _needs_embedded(embedded_broker)
-    monkeypatch.setattr("stream.broker._new_cluster_id", lambda: "-" + uuid.uuid4().hex[:21])
+    monkeypatch.setattr("stream.broker.embedded._new_cluster_id", lambda: "-" + uuid.uuid4().hex[:21])
     b = EmbeddedBroker(port=free_port(), data_dir=tmp_path)
     try:
         assert b.start(timeout_s=60).ready

@@ -20,9 +20,11 @@ from models.datasets import write_jsonl
 from models.schema import ACTIONS
 from models.synthetic import GeneratorConfig, SyntheticLog, generate
 from stream.events import user_key
-from stream.replay import (
-    ReplayOptions, Replayer, checkpoint_path, read_checkpoint, replay_events, replay_file,
-)
+from stream.replay.checkpoint import checkpoint_path, read_checkpoint
+from stream.replay.file import replay_file
+from stream.replay.loop import replay_events
+from stream.replay.options import ReplayError, ReplayOptions
+from stream.replay.producer import Replayer
 
 pytestmark = pytest.mark.integration
 
@@ -181,11 +183,11 @@ def test_ctrl_c_stops_the_lanes_cleanly(kafka_bootstrap: str, prefix: str, tmp_p
     write_jsonl(big.events(), path)
     cp_path = checkpoint_path(path)
     # Only the replay command (the full CLI imports torch: seconds per start).
-    driver = ("import sys; from stream import replay; from stream.cli.common import OneLineParser; "
-              "p = OneLineParser(prog='seqstream'); replay.add_cli(p.add_subparsers()); "
+    driver = ("import sys; from stream.cli import replay; from stream.cli.common import OneLineParser; "
+              "p = OneLineParser(prog='seqstream'); replay.add_parser(p.add_subparsers()); "
               "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     proc = subprocess.Popen([sys.executable, "-c", driver, "replay", str(path), "--format", "jsonl",
-                             "--prefix", prefix, "--bootstrap", kafka_bootstrap, "--producers", "2",
+                             "--prefix", prefix, "--broker", kafka_bootstrap, "--producers", "2",
                              "--checkpoint-every", "2000", "--no-progress"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -229,12 +231,12 @@ def test_cli_generate_to_kafka_and_replay(kafka_bootstrap: str, prefix: str, tmp
     out = tmp_path / "g.msgpack"
     gen = subprocess.run(env_cmd + ["generate", "--users", "30", "--events", "1000", "--seed", "2",
                                     "--out", str(out), "--to-kafka", "--prefix", prefix,
-                                    "--bootstrap", kafka_bootstrap, "--no-progress"],
+                                    "--broker", kafka_bootstrap, "--no-progress"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert gen.returncode == 0, gen.stderr
     assert (tmp_path / "g.msgpack.truth.json").is_file()
     rep = subprocess.run(env_cmd + ["replay", str(out), "--format", "msgpack", "--prefix", prefix,
-                                    "--bootstrap", kafka_bootstrap, "--speed", "max", "--limit", "400",
+                                    "--broker", kafka_bootstrap, "--speed", "max", "--limit", "400",
                                     "--no-progress"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert rep.returncode == 0, rep.stderr
@@ -244,8 +246,6 @@ def test_cli_generate_to_kafka_and_replay(kafka_bootstrap: str, prefix: str, tmp
 
 
 def test_missing_topics_are_one_clear_error(kafka_bootstrap: str) -> None:
-    from stream.replay import ReplayError
-
     with pytest.raises(ReplayError, match="seqstream topics create"):
         Replayer(kafka_bootstrap, prefix=f"nope-{uuid.uuid4().hex[:6]}-",
                  producer_config={"max_block_ms": 3_000})

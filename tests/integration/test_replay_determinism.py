@@ -12,7 +12,8 @@ import pytest
 
 from models.synthetic import GeneratorConfig, generate
 from stream.config import Settings
-from stream.replay import Replayer, replay_events
+from stream.replay.loop import replay_events
+from stream.replay.producer import Replayer
 from stream.topics import create_topics, delete_topics
 from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 

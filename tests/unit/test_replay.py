@@ -11,11 +11,16 @@ from models.datasets import write_jsonl
 from models.schema import LogEvent
 from models.synthetic import GeneratorConfig, generate
 from stream.events import decode_event, user_key
-from stream.replay import (
-    Checkpoint, Pacer, ReplayError, ReplayOptions, Replayer, checkpoint_path, default_producers,
-    in_window, lanes_after, pacing_delay, parse_speed, parse_ts, read_checkpoint, replay_events,
-    replay_file, settled_in_lanes, skip_events, write_checkpoint,
+from stream.replay.checkpoint import (
+    ReplayCheckpoint, checkpoint_path, lanes_after, read_checkpoint, settled_in_lanes,
+    write_checkpoint,
 )
+from stream.replay.file import replay_file
+from stream.replay.loop import Pacer, pacing_delay, replay_events, skip_events
+from stream.replay.options import (
+    ReplayError, ReplayOptions, default_producers, in_window, parse_speed, parse_ts,
+)
+from stream.replay.producer import Replayer
 
 pytestmark = pytest.mark.unit
 
@@ -77,7 +82,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert path.name == "log.jsonl.replay-checkpoint.json"
     assert checkpoint_path("x", tmp_path / "cp.json") == tmp_path / "cp.json"
     assert read_checkpoint(path) is None
-    write_checkpoint(path, Checkpoint("/a/log.jsonl", "jsonl", 1234, 1200, False, "p-"))
+    write_checkpoint(path, ReplayCheckpoint("/a/log.jsonl", "jsonl", 1234, 1200, False, "p-"))
     cp = read_checkpoint(path)
     assert cp is not None and (cp.position, cp.sent, cp.prefix, cp.complete) == (1234, 1200, "p-", False)
     assert cp.updated_at
@@ -92,8 +97,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_checkpoint_with_lanes_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "cp.json"
-    write_checkpoint(path, Checkpoint("/a/log", "jsonl", 70, 150, False, "p-", lanes=[90, 70, 120],
-                                      partitions=6))
+    write_checkpoint(path, ReplayCheckpoint("/a/log", "jsonl", 70, 150, False, "p-",
+                                            lanes=[90, 70, 120], partitions=6))
     cp = read_checkpoint(path)
     assert cp is not None and (cp.position, cp.lanes, cp.partitions) == (70, [90, 70, 120], 6)
     # Written before lanes existed: read as a checkpoint without lanes.
@@ -327,8 +332,8 @@ def test_single_producer_resumes_a_lanes_checkpoint(small_log, tmp_path: Path) -
     events = list(small_log.events())
     cp_path = checkpoint_path(path)
     lanes = [1_900, 700]  # two lanes over the FakeProducer's 4 partitions
-    write_checkpoint(cp_path, Checkpoint(str(path.resolve()), "jsonl", 700, 1234, False, "t-",
-                                         lanes=lanes, partitions=4))
+    write_checkpoint(cp_path, ReplayCheckpoint(str(path.resolve()), "jsonl", 700, 1234, False,
+                                               "t-", lanes=lanes, partitions=4))
     lane_of = _lane(_replayer(), 2)
     settled = {i for i, ev in enumerate(events) if i < lanes[lane_of(ev)]}
     sent: list[bytes] = []
@@ -349,8 +354,8 @@ def test_single_producer_resumes_a_lanes_checkpoint(small_log, tmp_path: Path) -
     assert cps[-1].complete and cps[-1].lanes is None and cps[-1].position == len(events)
     assert cps[-1].sent == 1234 + len(want)
     # The partition count decides the lanes: another one cannot resume these positions.
-    write_checkpoint(cp_path, Checkpoint(str(path.resolve()), "jsonl", 700, 0, False, "t-",
-                                         lanes=lanes, partitions=4))
+    write_checkpoint(cp_path, ReplayCheckpoint(str(path.resolve()), "jsonl", 700, 0, False, "t-",
+                                               lanes=lanes, partitions=4))
     with pytest.raises(ReplayError, match="partitions"):
         replay_file(ReplayOptions(path, "jsonl", prefix="t-", resume=True, progress=False),
                     _replayer(FakeProducer(partitions=6)))
@@ -507,13 +512,13 @@ def test_lanes_on_error_stop_checkpoint_before_the_bad_row(tmp_path: Path) -> No
 
 def build_parser():
     """Only our subcommands, so the tests do not depend on the rest of the CLI."""
-    from stream import generate_cli, replay
+    from stream.cli import generate, replay
     from stream.cli.common import OneLineParser
 
     parser = OneLineParser(prog="seqstream")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
-    replay.add_cli(sub)
-    generate_cli.add_cli(sub)
+    replay.add_parser(sub)
+    generate.add_parser(sub)
     return parser
 
 
@@ -533,7 +538,7 @@ def _assert_one_line_usage_error(capsys, flags: list[str], word: str) -> None:
 def test_cli_bad_args_are_one_line(capsys, tmp_path: Path) -> None:
     _assert_one_line_usage_error(capsys, ["--speed", "fast"], "speed")
     assert _run(["replay", str(tmp_path / "nope.jsonl"), "--format", "jsonl",
-                 "--bootstrap", "127.0.0.1:1"]) == 1
+                 "--broker", "127.0.0.1:1"]) == 1
     assert "no such file" in capsys.readouterr().err
 
 
@@ -541,12 +546,12 @@ def test_cli_producers_option(capsys, tmp_path: Path) -> None:
     _assert_one_line_usage_error(capsys, ["--producers", "0"], "positive integer")
     # Paced: one producer, and a one-line note (the run itself fails here: no such file).
     assert _run(["replay", str(tmp_path / "nope.jsonl"), "--format", "jsonl", "--speed", "60",
-                 "--producers", "3", "--bootstrap", "127.0.0.1:1"]) == 1
+                 "--producers", "3", "--broker", "127.0.0.1:1"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[0] == ("seqstream replay: note: --producers 3 applies to --speed max "
                                    "without --limit; using one producer")
     assert _run(["replay", str(tmp_path / "nope.jsonl"), "--format", "jsonl", "--speed", "60",
-                 "--bootstrap", "127.0.0.1:1"]) == 1
+                 "--broker", "127.0.0.1:1"]) == 1
     assert "note" not in capsys.readouterr().err  # the default says nothing
 
 

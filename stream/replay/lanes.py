@@ -13,17 +13,17 @@ Positions. An event's index is its place in the whole input stream as `read_even
 all lanes' events counted. Lane k's position P means: every event *of lane k* with index < P is
 settled (sent and acknowledged after a flush, or filtered out by --from/--to); it says nothing
 about the other lanes' events. Lanes advance at their own pace, so the checkpoint keeps one
-position per lane (`Checkpoint.lanes`) and `position` = min(lanes): every event before it is
+position per lane (`ReplayCheckpoint.lanes`) and `position` = min(lanes): every event before it is
 settled whatever its lane, the safe answer for a reader that knows nothing of lanes.
 
 Resuming. Lane k skips the first lanes[k] events of the stream and goes on from there: its own
 events before lanes[k] are settled, the others are not its business. The lane count comes from
 the checkpoint (an event's lane depends on it), and the partition count must match the one the
 checkpoint was written with. One producer resuming a lanes checkpoint (a paced speed, --limit)
-skips event i of lane k iff i < lanes[k] (`replay.settled_in_lanes`).
+skips event i of lane k iff i < lanes[k] (`checkpoint.settled_in_lanes`).
 
 Checkpoints. A lane flushes its producer, then reports its position to the parent over a pipe;
-only the parent writes the checkpoint file (atomically, `replay.write_checkpoint`). Each lane
+only the parent writes the checkpoint file (atomically, `checkpoint.write_checkpoint`). Each lane
 checkpoints every checkpoint_every / N of its own sends, so the file is written about as often
 as with one producer.
 
@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from models.schema import ACTIONS
-from stream.replay import (
-    Checkpoint, ReplayError, ReplayOptions, ReplayerFactory, ReplaySummary, check_lane_partitions,
-    iso, replay_events, skip_events, write_checkpoint,
-)
+from stream.replay.checkpoint import ReplayCheckpoint, check_lane_partitions, write_checkpoint
+from stream.replay.loop import ReplaySummary, iso, replay_events, skip_events
+from stream.replay.options import ReplayError, ReplayOptions
+from stream.replay.producer import ReplayerFactory
 
 log = logging.getLogger("seqstream.replay")
 
@@ -251,7 +251,7 @@ class _Lanes:
             self.failure = message
 
     def write_checkpoint(self) -> None:
-        write_checkpoint(self.cp_path, Checkpoint(
+        write_checkpoint(self.cp_path, ReplayCheckpoint(
             self.source, self.opts.fmt, min(self.positions), self.sent_before + sum(self.sent),
             all(self.complete), self.opts.prefix, lanes=list(self.positions),
             partitions=self.partitions))
@@ -310,7 +310,7 @@ def replay_lanes(opts: ReplayOptions, make_replayer: ReplayerFactory, starts: li
                  partitions: int | None = None) -> ReplaySummary:
     """Replay `opts.path` with len(starts) lanes, lane k resuming at starts[k].
 
-    Called by `replay.replay_file` (which reads the checkpoint). `partitions`: the resumed
+    Called by `file.replay_file` (which reads the checkpoint). `partitions`: the resumed
     checkpoint's partition count, which the lanes check; None for a fresh start."""
     from tqdm import tqdm
 
