@@ -26,10 +26,12 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from models.evaluate import LogisticRegression, average_precision, roc_auc  # noqa: E402
-from models.gru import save_checkpoint  # noqa: E402
+from models.evaluate.churn import LogisticRegression  # noqa: E402
+from models.evaluate.metrics import average_precision, roc_auc  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
-from models.train import TrainConfig, train_model  # noqa: E402
+from models.train.config import TrainConfig  # noqa: E402
+from models.train.run import train_model  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.kafka import explicit_bootstrap  # noqa: E402
 from stream.replay.loop import replay_events  # noqa: E402

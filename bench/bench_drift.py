@@ -9,7 +9,7 @@
    the drift but have no interactions before it): online versions keep the serving checkpoint's
    vocabulary, so items outside it could never be learned online (a documented limitation).
 3. The rest of the log is replayed through per-user rings of L events, exactly as the worker
-   keeps them; every in-order event gives one training sample (`stream.online.sample_from_state`
+   keeps them; every in-order event gives one training sample (`stream.online.capture.sample_from_state`
    shape: context = ring[:-1], target = ring[-1]).
 4. In chunks of `--chunk` samples, prequentially (test, then train):
    - frozen: the offline model, evaluated on each chunk;

@@ -40,7 +40,10 @@ from kafka import KafkaConsumer, KafkaProducer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint  # noqa: E402
+from models.checkpoint import save_checkpoint  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+from models.gru import SeqModel  # noqa: E402
+from models.vocab import Vocab  # noqa: E402
 from models.schema import ACTIONS, LogEvent  # noqa: E402
 from stream.config import Settings  # noqa: E402
 from stream.events import encode_value, input_topic, user_key  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.datasets import write_jsonl, write_msgpack  # noqa: E402
+from models.datasets.dump import write_jsonl, write_msgpack  # noqa: E402
 from models.schema import ACTIONS  # noqa: E402
 from models.synthetic import GeneratorConfig, generate  # noqa: E402
 from stream.kafka import resolve_bootstrap  # noqa: E402

@@ -13,7 +13,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rocksdict import Rdict
 
-from models.gru import load_checkpoint
+from models.checkpoint import load_checkpoint
 from stream.config import Settings
 from stream.events import Event, decode_event, encode_predictions, user_key
 from stream.scoring import Scorer, ScoringModel

@@ -22,5 +22,5 @@ fi
 echo "setup: installing seqstream and its dependencies into $venv"
 "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test]"
 echo "setup: fetching the Kafka broker jars (once per machine)"
-"$venv/bin/python" -c "from stream.broker import ensure_jars; print('setup: broker jars in', ensure_jars())"
+"$venv/bin/python" -c "from stream.broker.install import ensure_jars; print('setup: broker jars in', ensure_jars())"
 echo "setup: done. Use $venv/bin/seqstream"

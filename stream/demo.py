@@ -68,7 +68,7 @@ class LiveView:
 
 def demo_model(path: Path, seed: int) -> Path:
     """Train a small model on generated history once, and reuse it while it still loads."""
-    from models.gru import load_checkpoint, save_checkpoint
+    from models.checkpoint import load_checkpoint, save_checkpoint
 
     if path.is_file():
         try:
@@ -77,7 +77,8 @@ def demo_model(path: Path, seed: int) -> Path:
         except Exception:  # written by an older model version: train a new one
             print(f"demo: cached model {path} is from an older version; retraining")
     from models.synthetic import GeneratorConfig, generate
-    from models.train import TrainConfig, train_model
+    from models.train.config import TrainConfig
+    from models.train.run import train_model
 
     print(f"demo: training a small model on generated history (once; cached at {path})")
     log = generate(GeneratorConfig(users=1000, events=30_000, seed=seed))

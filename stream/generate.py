@@ -39,7 +39,7 @@ def truth_path(out: Path) -> Path:
 
 def write_log(log: SyntheticLog, out: Path, progress: bool) -> int:
     """Write the log's events to `out` (.jsonl or .msgpack); the number written."""
-    from models.datasets import write_jsonl, write_msgpack
+    from models.datasets.dump import write_jsonl, write_msgpack
 
     writer = write_jsonl if out.suffix == ".jsonl" else write_msgpack
     return writer(_progress(log.events(), len(log), "write", progress), out)

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.gru import GAP_FIRST, Checkpoint, Recent, SeqModel, Vocab, gap_bucket
+from models.checkpoint import Checkpoint
+from models.config import GAP_FIRST
+from models.gru import SeqModel
+from models.ring import Recent, gap_bucket
+from models.vocab import Vocab
 from models.schema import ACTION_INDEX, ACTIONS
 from stream.churn import ChurnPolicy, on_event
 from stream.events import Event, Prediction

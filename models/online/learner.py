@@ -1,6 +1,6 @@
 """Online fine-tuning of `models.gru.SeqModel` in micro-batches: pure PyTorch, no Kafka, no Faust.
 
-The streaming trainer (stream/online.py) and the drift benchmark (bench/bench_drift.py) run this
+The streaming trainer (stream/online/trainer.py) and the drift benchmark (bench/bench_drift.py) run this
 same code. River-like API (samples: models/online/samples.py):
 
     learner = OnlineLearner.from_checkpoint(ckpt, OnlineConfig(lr=1e-3))

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from models.gru import load_checkpoint
-from models.online import checkpoint_from_bytes
+from models.checkpoint import load_checkpoint
+from models.checkpoint import checkpoint_from_bytes
 from stream.cli.common import add_common, settings_from
 from stream.kafka import resolve_bootstrap
 from stream.online.follower import read_store

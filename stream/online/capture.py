@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from models.online import encode_sample
+from models.online.samples import encode_sample
 from models.schema import ACTION_INDEX
 from stream.events import user_key
 from stream.state import RingEntry, UserState

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from models.online import checkpoint_from_bytes
+from models.checkpoint import checkpoint_from_bytes
 from stream.online.versions import VersionStore
 
 log = logging.getLogger("seqstream.online")

@@ -6,7 +6,7 @@ from typing import Any
 import msgpack
 
 from models.jsonable import to_jsonable
-from models.online import checkpoint_bytes
+from models.checkpoint import checkpoint_bytes
 from stream.online.versions import STATUS_KEY, VersionStore, version_key, version_messages
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from models.online import OnlineConfig
+from models.online.learner import OnlineConfig
 from stream.config import Settings
 
 

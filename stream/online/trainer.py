@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from models.jsonable import to_jsonable
-from models.online import OnlineLearner, RoundReport, Sample, decode_sample
+from models.online.learner import OnlineLearner, RoundReport
+from models.online.samples import Sample, decode_sample
 from stream.online.follower import Follower
 from stream.online.publisher import Publisher, blob_of
 from stream.online.settings import OnlineSettings

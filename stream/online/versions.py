@@ -2,7 +2,7 @@
 
 **model-updates** (compacted, one partition). Keys are designed for compaction:
 
-    v/<version:010d>/chunk/<i:06d>   weights: the checkpoint bytes (models/gru.py format) in
+    v/<version:010d>/chunk/<i:06d>   weights: the checkpoint bytes (models/checkpoint.py format) in
                                      slices of at most CHUNK_BYTES (messages stay < 512 KiB)
     v/<version:010d>/manifest        version, parent, source, metrics, n_chunks, size, sha256
                                      (written after its chunks: a version is complete when its

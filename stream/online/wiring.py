@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from models.online import OnlineLearner
+from models.online.learner import OnlineLearner
 from stream.guarantee import record_sender
 from stream.online.capture import SampleCapture
 from stream.online.follower import Follower

@@ -90,7 +90,8 @@ def _replay_one(opts: ReplayOptions, replayer: Replayer, cp_path: Path, source: 
                 position: int, sent_before: int, lanes: list[int] | None,
                 skip: Callable[[int, LogEvent], bool] | None) -> ReplaySummary:
     """The single-producer replay from `position` (see replay_file)."""
-    from models.datasets import BadRow, ErrorReport, read_events
+    from models.datasets.common import BadRow, ErrorReport
+    from models.datasets.reader import read_events
 
     errors = ErrorReport()
     already_sent = dict(replayer.sent)

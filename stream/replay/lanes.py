@@ -118,7 +118,8 @@ def _lane_main(task: LaneTask, conn: Connection, inherited: list[Connection]) ->
     Messages, in order: ("ready", k, partitions), then ("progress", k, n_sent, ts_ms) and
     ("checkpoint", k, position, sent, complete), then one of ("done", k, LaneResult),
     ("badrow", k, message) or ("error", k, message)."""
-    from models.datasets import BadRow, ErrorReport, read_events
+    from models.datasets.common import BadRow, ErrorReport
+    from models.datasets.reader import read_events
 
     # Close the pipe ends this lane inherited but does not own: the parent must see EOF when a
     # lane dies, and a lane must get EPIPE (not block) when the parent is gone.
@@ -314,7 +315,7 @@ def replay_lanes(opts: ReplayOptions, make_replayer: ReplayerFactory, starts: li
     checkpoint's partition count, which the lanes check; None for a fresh start."""
     from tqdm import tqdm
 
-    from models.datasets import ErrorReport
+    from models.datasets.common import ErrorReport
 
     n = len(starts)
     every = max(1, -(-opts.checkpoint_every // n))

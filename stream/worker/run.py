@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from models.device import resolve_device
-from models.gru import ModelConfig, SeqModel, Vocab, load_checkpoint
+from models.checkpoint import load_checkpoint
+from models.config import ModelConfig
+from models.gru import SeqModel
+from models.vocab import Vocab
 from stream.config import ConfigError, Settings
 from stream.kafka import resolve_bootstrap
 from stream.scoring import ScoringModel

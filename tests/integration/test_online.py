@@ -23,8 +23,12 @@ import pytest
 import torch
 from kafka import KafkaConsumer, KafkaProducer
 
-from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
-from models.online import OnlineConfig, OnlineLearner, decode_sample, encode_sample
+from models.checkpoint import save_checkpoint
+from models.config import ModelConfig
+from models.gru import SeqModel
+from models.vocab import Vocab
+from models.online.learner import OnlineConfig, OnlineLearner
+from models.online.samples import decode_sample, encode_sample
 from models.schema import LogEvent
 from stream.config import Settings
 from stream.online.follower import read_store

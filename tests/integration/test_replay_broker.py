@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from models.datasets import write_jsonl
+from models.datasets.dump import write_jsonl
 from models.schema import ACTIONS
 from models.synthetic import GeneratorConfig, SyntheticLog, generate
 from stream.events import user_key

@@ -87,7 +87,10 @@ def untrained_checkpoint(path: Path, n_items: int, n_categories: int, *, hidden:
     import numpy as np
     import torch
 
-    from models.gru import ModelConfig, SeqModel, Vocab, save_checkpoint
+    from models.checkpoint import save_checkpoint
+    from models.config import ModelConfig
+    from models.gru import SeqModel
+    from models.vocab import Vocab
 
     torch.manual_seed(0)
     cfg = ModelConfig(n_items=n_items + 2, n_categories=n_categories + 2, hidden=hidden, emb=emb,

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.gru import ModelConfig, SeqModel, Vocab
-from models.online import (OnlineConfig, OnlineLearner, ReplayBuffer, Sample, checkpoint_bytes,
-                           checkpoint_from_bytes, decode_sample, encode_sample, promotion_decision)
+from models.config import ModelConfig
+from models.gru import SeqModel
+from models.vocab import Vocab
+from models.checkpoint import checkpoint_bytes, checkpoint_from_bytes
+from models.online.learner import OnlineConfig, OnlineLearner, promotion_decision
+from models.online.samples import ReplayBuffer, Sample, decode_sample, encode_sample
 from models.schema import ACTIONS
 from stream.events import Event, Prediction
 from stream.online.capture import SampleCapture, sample_from_state

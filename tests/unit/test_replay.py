@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from models.datasets import write_jsonl
+from models.datasets.dump import write_jsonl
 from models.schema import LogEvent
 from models.synthetic import GeneratorConfig, generate
 from stream.events import decode_event, user_key
@@ -310,7 +310,7 @@ def test_on_error_stop_checkpoints_before_the_bad_row(tmp_path: Path) -> None:
 
 
 def test_msgpack_file(small_log, tmp_path: Path) -> None:
-    from models.datasets import write_msgpack
+    from models.datasets.dump import write_msgpack
 
     path = tmp_path / "log.msgpack"
     write_msgpack(small_log.events(), path)
@@ -556,7 +556,7 @@ def test_cli_producers_option(capsys, tmp_path: Path) -> None:
 
 
 def test_generate_cli_writes_log_and_truth(tmp_path: Path, capsys) -> None:
-    from models.datasets import read_events
+    from models.datasets.reader import read_events
 
     out = tmp_path / "g.jsonl"
     assert _run(["generate", "--users", "20", "--events", "500", "--seed", "4", "--items", "100",

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.gru import ModelConfig, SeqModel, Vocab, gap_bucket, GAP_FIRST
+from models.config import GAP_FIRST, ModelConfig
+from models.gru import SeqModel
+from models.ring import gap_bucket
+from models.vocab import Vocab
 from models.schema import ACTION_INDEX, ACTIONS
 from stream.events import Event
 from stream.scoring import Scorer, ScoringModel
