@@ -48,7 +48,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def _model_factory(args: argparse.Namespace) -> tuple[Any, bool] | None:
-    """(factory(seed) -> Ranker, fit?) for the GRU, or None for baselines only."""
+    """(factory(seed) -> Ranker, trains?) for the GRU, or None for baselines only. A checkpoint
+    is still "fitted" (GRURanker.fit loads it, never retrains), but one seed is enough."""
     if not (args.train or args.model):
         return None
     try:
@@ -99,8 +100,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     seeds = args.seeds if factory and factory[1] else 1
     horizon = args.churn_horizon_h * 3600.0
 
-    make, fit = factory if factory is not None else (None, True)
-    results = evaluate_runs(table, targets, modes, make, fit=fit, seeds=seeds, chunk_size=args.chunk_size,
+    make = factory[0] if factory is not None else None
+    results = evaluate_runs(table, targets, modes, make, fit=True, seeds=seeds, chunk_size=args.chunk_size,
                             churn_horizon_s=horizon)
 
     if args.json:

@@ -86,6 +86,7 @@ def run_trainer(settings: Settings, online: "OnlineSettings") -> int:
     bootstrap = resolve_bootstrap(settings.broker)
     scoring = load_scoring_model(settings)
     group = f"{settings.app_id}-trainer"
+    (settings.data_dir / "trainer").mkdir(parents=True, exist_ok=True)  # faust does not create it
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
                     datadir=str(settings.data_dir / "trainer"), consumer_auto_offset_reset="earliest",
                     topic_allow_declare=False, web_enabled=False, broker_session_timeout=30.0,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -472,3 +473,26 @@ def test_predict_at_returns_only_the_outputs_asked_for():
     assert list(cats) == ["category_logits"] and torch.equal(cats["category_logits"], every["category_logits"])
     with pytest.raises(ValueError, match="unknown outputs"):
         predict_at(ck.model, data, pos, outputs=("items",))
+
+
+def test_cli_evaluate_scores_a_trained_checkpoint(tmp_path, capsys):
+    """`seqstream evaluate --model PATH` loads the checkpoint (it used to fail with "fit first")."""
+    from models.datasets.dump import write_jsonl
+    from stream.cli.evaluate import add_evaluate_arguments, run_evaluate_command
+    log = tmp_path / "log.jsonl"
+    write_jsonl(planted_events(10, 15, seed=5), log)
+    train = argparse.ArgumentParser()
+    add_train_arguments(train)
+    out = tmp_path / "m.pt"
+    assert run_train_command(train.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "1",
+                                               "--hidden", "16", "--no-progress"])) == 0
+    capsys.readouterr()
+    evaluate = argparse.ArgumentParser()
+    add_evaluate_arguments(evaluate)
+    args = evaluate.parse_args([str(log), "--format", "jsonl", "--model", str(out), "--target", "item",
+                                "--seeds", "3", "--json"])
+    assert run_evaluate_command(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"seqstream", "pop", "repeat"} <= set(result["models"])
+    assert 0 <= result["models"]["seqstream"]["R@20"] <= 1
+    assert "R@20_std" not in result["models"]["seqstream"]  # one checkpoint, one run: no seed spread
