@@ -21,6 +21,8 @@ class ConfigError(ValueError):
     """A bad setting: the message is one line that says what is wrong."""
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _ENV_ELSEWHERE = ("broker",)  # SEQSTREAM_BROKER: stream/kafka.py
 
 
@@ -52,7 +54,18 @@ class Settings:
     churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     processing_guarantee: str = "at_least_once"
-    web_port: int = 0  # 0: faust's web server off
+    web_port: int = 0  # 0: faust's web server off (metrics, health, dashboard)
+    web_host: str = "127.0.0.1"  # bind address of the web server; non-local needs web_token for the feed
+    web_token: str = field(default="", repr=False)  # bearer token of the dashboard's feed (SEQSTREAM_WEB_TOKEN)
+    # secured clusters: passed to every Kafka client (worker, trainer, replay, CLI)
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)  # or sasl_password_file; never logged
+    sasl_password_file: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
     online: str = "1"  # "0": no online learning (no sample capture, no trainer; still follows versions)
     # online learning (stream/online/settings.py): None = OnlineSettings' default
     online_trainer: str | None = None  # worker | external (`seqstream trainer`)
@@ -132,6 +145,20 @@ class Settings:
             raise ConfigError("prefix and app id must not contain spaces")
         if not self.app_id:
             raise ConfigError("app id must not be empty")
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"web port must be in 0..65535 (0: off), got {self.web_port}")
+        if not self.web_host.strip():
+            raise ConfigError("web host must not be empty")
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"security protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                              f"got {self.security_protocol!r}")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"SASL mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                              f"got {self.sasl_mechanism!r}")
+        for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name.replace('_', ' ')} not found: {path}")
         return self
 
     @classmethod

@@ -38,7 +38,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         topic_partitions=partitions,
         web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066,
-        web_host="127.0.0.1",
+        web_host=settings.web_host,
         web_in_thread=False,
         producer_max_request_size=MB,
         # Every event produces a prediction and a changelog record. Without a linger each loop
