@@ -19,7 +19,10 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="events kept per user (default: the ring the model was trained with)")
     p.add_argument("--processing-guarantee", default=None,
                    choices=["at_least_once", "exactly_once"])
-    p.add_argument("--web-port", type=int, default=None, help="faust web/metrics port (0: off)")
+    p.add_argument("--web-port", type=int, default=None,
+                   help="web server port: /metrics, /healthz, /readyz, the dashboard (0: off)")
+    p.add_argument("--web-host", default=None,
+                   help="web server bind address (default 127.0.0.1; any other needs SEQSTREAM_WEB_TOKEN)")
     p.add_argument("--allowed-lateness-ms", type=int, default=None,
                    help="the event-time clock trails the newest event by this (default 60000)")
     p.add_argument("--order-grace-ms", type=int, default=None,
