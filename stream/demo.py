@@ -170,8 +170,8 @@ def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: 
     view = LiveView()
     stop = threading.Event()
     consumer = kafka_client(KafkaConsumer, bootstrap, kafka_client_options(settings),
+                            topics=(settings.predictions_topic, settings.dead_letter_topic),
                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
-    consumer.subscribe([settings.predictions_topic, settings.dead_letter_topic])
     producer = threading.Thread(target=produce, name="demo-producer", daemon=True,
                                 args=(bootstrap, settings, rate, seed, view, stop))
     producer.start()

@@ -132,13 +132,13 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def kafka_client(factory: Any, bootstrap: str, options: Mapping[str, Any] | None = None,
-                 **config: Any) -> Any:
-    """factory(bootstrap_servers=bootstrap, **config, **options) (KafkaProducer, KafkaConsumer,
-    KafkaAdminClient, ...), after `check_login`: a refused login is one line, at once."""
+def kafka_client(factory: Any, bootstrap: str, options: Mapping[str, Any] | None = None, *,
+                 topics: tuple[str, ...] = (), **config: Any) -> Any:
+    """factory(*topics, bootstrap_servers=bootstrap, **config, **options) (KafkaProducer,
+    KafkaConsumer, KafkaAdminClient), after `check_login`: a refused login is one line, at once."""
     options = dict(options or {})
     check_login(bootstrap, options)
-    return factory(bootstrap_servers=bootstrap, **{**config, **options})
+    return factory(*topics, bootstrap_servers=bootstrap, **{**config, **options})
 
 
 def redacted(options: Mapping[str, Any]) -> dict[str, Any]:
