@@ -93,7 +93,7 @@ def sasl_password(settings: Settings) -> str:
         password = password[:-1] if password.endswith("\r") else password
     else:
         password = settings.sasl_password
-    if password:
+    if len(password) >= 4:  # masking a shorter one would mangle every log line, not hide it
         _mask_in_logs(password)
     return password
 
