@@ -24,7 +24,7 @@ import numpy as np
 
 from stream.config import DEFAULT_CACHE, ConfigError, Settings
 from stream.events import encode_value, input_topic, user_key
-from stream.kafka import explicit_bootstrap
+from stream.kafka import explicit_bootstrap, kafka_client, kafka_client_options, security_settings
 
 MALFORMED = [b"\xc1 not msgpack", msgpack.packb([1, 2, 3]),
              msgpack.packb({"user_id": 1, "item_id": "x", "ts": 1})]
@@ -103,7 +103,7 @@ def produce(bootstrap: str, settings: Settings, rate: float, seed: int, view: Li
             stop: threading.Event) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    producer = kafka_client(KafkaProducer, bootstrap, kafka_client_options(settings), linger_ms=5, acks=1)
     events = live_events(seed)
     interval = 1.0 / rate
     next_at = time.monotonic()
@@ -157,7 +157,7 @@ def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: 
     model_path = demo_model(DEFAULT_CACHE / "demo" / f"model-seed{seed}.pt", seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     settings = Settings(prefix=f"demo-{run_id}.", app_id=f"seqstream-demo-{run_id}",
-                        broker=bootstrap, model=str(model_path))
+                        broker=bootstrap, model=str(model_path), **security_settings())
     create_topics(bootstrap, settings, partitions)
     workdir = Path(tempfile.mkdtemp(prefix="seqstream-demo-"))
     worker_log = workdir / "worker.log"
@@ -169,9 +169,9 @@ def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: 
         worker = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
     view = LiveView()
     stop = threading.Event()
-    consumer = KafkaConsumer(settings.predictions_topic, settings.dead_letter_topic,
-                             bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, group_id=None)
+    consumer = kafka_client(KafkaConsumer, bootstrap, kafka_client_options(settings),
+                            topics=(settings.predictions_topic, settings.dead_letter_topic),
+                            auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
     producer = threading.Thread(target=produce, name="demo-producer", daemon=True,
                                 args=(bootstrap, settings, rate, seed, view, stop))
     producer.start()

@@ -45,9 +45,11 @@ def write_log(log: SyntheticLog, out: Path, progress: bool) -> int:
     return writer(_progress(log.events(), len(log), "write", progress), out)
 
 
-def send_log(log: SyntheticLog, bootstrap: str, prefix: str, progress: bool) -> ReplaySummary:
-    """Produce the log's events to the input topics at max speed (one producer, file order)."""
-    replayer = Replayer(bootstrap, prefix=prefix)
+def send_log(log: SyntheticLog, bootstrap: str, prefix: str, progress: bool,
+             options: dict | None = None) -> ReplaySummary:
+    """Produce the log's events to the input topics at max speed (one producer, file order);
+    `options`: the cluster's security options (stream.kafka.kafka_client_options)."""
+    replayer = Replayer(bootstrap, prefix=prefix, options=dict(options or {}))
     try:
         return replay_events(log.events(), replayer, progress=progress, total=len(log))
     finally:

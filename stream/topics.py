@@ -8,6 +8,7 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from stream.config import Settings
+from stream.kafka import kafka_client, kafka_client_options
 
 
 class TopicError(RuntimeError):
@@ -43,7 +44,8 @@ def create_topics(bootstrap: str, settings: Settings, partitions: int) -> list[s
     """Create what is missing; returns the names created. Existing topics are left alone."""
     if partitions < 1:
         raise TopicError(f"partitions must be at least 1, got {partitions}")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="seqstream-topics")
+    admin = kafka_client(KafkaAdminClient, bootstrap, kafka_client_options(settings),
+                         client_id="seqstream-topics")
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config)
@@ -60,8 +62,10 @@ def create_topics(bootstrap: str, settings: Settings, partitions: int) -> list[s
         admin.close()
 
 
-def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int | None]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="seqstream-check")
+def partition_counts(bootstrap: str, topics: list[str],
+                     options: dict | None = None) -> dict[str, int | None]:
+    """Partitions per topic (None: missing); `options`: kafka_client_options(settings)."""
+    consumer = kafka_client(KafkaConsumer, bootstrap, options, client_id="seqstream-check")
     try:
         found = consumer.topics()
         return {t: (len(consumer.partitions_for_topic(t) or ()) if t in found else None)
@@ -74,7 +78,7 @@ def check_copartitioned(bootstrap: str, settings: Settings) -> int:
     """The partition count of the inputs, or TopicError if they or the changelog disagree."""
     keyed = settings.input_topics + [settings.churn_commands_topic]
     names = keyed + [settings.state_changelog_topic]
-    counts = partition_counts(bootstrap, names)
+    counts = partition_counts(bootstrap, names, kafka_client_options(settings))
     missing = [t for t in keyed if counts[t] is None]
     if missing:
         raise TopicError(f"topics missing: {', '.join(missing)} "
@@ -90,7 +94,8 @@ def check_copartitioned(bootstrap: str, settings: Settings) -> int:
 
 def delete_topics(bootstrap: str, settings: Settings) -> list[str]:
     """Delete this deployment's topics (demo and test clean-up); returns the names deleted."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="seqstream-topics")
+    admin = kafka_client(KafkaAdminClient, bootstrap, kafka_client_options(settings),
+                         client_id="seqstream-topics")
     try:
         existing = set(admin.list_topics())
         names = [s.name for s in topic_specs(settings, 1) if s.name in existing]

@@ -5,7 +5,8 @@ background process for local runs and integration tests. The jars come from Mave
 Central once per machine (install.py).
 
 Data dir layout (default ~/.cache/seqstream/broker/<port>):
-    server.properties  rendered from deploy/kafka/server.properties on every start
+    server.properties  rendered from deploy/kafka/server.properties on every start (mode 0600:
+                       it holds the SASL users' passwords when there are any)
     broker.json        cluster id + controller port, kept across restarts
     broker.pid         pid of the running JVM (stale files are detected and removed)
     broker.out         JVM stdout/stderr
@@ -79,6 +80,9 @@ class EmbeddedBroker:
     data_dir: default $SEQSTREAM_BROKER_DIR or ~/.cache/seqstream/broker/<port>.
     controller_port: CONTROLLER listener; default: the one saved in broker.json,
         else port+1 when free, else any free port.
+    sasl_users: {user: password}: also open a SASL_PLAINTEXT listener (mechanism PLAIN) for
+        them on sasl_port (default: saved in broker.json, else port+2 when free, else any free
+        port). The PLAINTEXT listener stays (readiness probe, broker-internal traffic).
     """
 
     port: int = field(default_factory=_env_port)
@@ -89,6 +93,8 @@ class EmbeddedBroker:
     version: str = field(default_factory=kafka_version)
     libs_dir: Path | None = None
     node_id: int = 1
+    sasl_users: dict[str, str] | None = field(default=None, repr=False)
+    sasl_port: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +113,13 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """host:port of the SASL_PLAINTEXT listener (known once started)."""
+        if not self.sasl_users or not self.sasl_port:
+            raise BrokerError("this broker has no SASL listener (EmbeddedBroker(sasl_users=...))")
+        return f"{self.host}:{self.sasl_port}"
 
     @property
     def dir(self) -> Path:
@@ -173,6 +186,8 @@ class EmbeddedBroker:
             if pid is not None:
                 deadline = time.monotonic() + timeout_s
                 self._wait_ready(pid, deadline, started_here=False)
+                if self.sasl_users and not self.sasl_port:
+                    self.sasl_port = self._load_state().get("sasl_port")
                 log.info("broker already running at %s (pid %d)", self.bootstrap, pid)
                 return BrokerStatus(True, True, pid, self.bootstrap, self.dir, already_running=True)
             if port_open(self.host, self.port):
@@ -183,6 +198,9 @@ class EmbeddedBroker:
             state = self._load_state()
             cport = self._pick_controller_port(state)
             state.update(controller_port=cport, port=self.port, version=self.version)
+            if self.sasl_users:
+                self.sasl_port = self._pick_sasl_port(state, cport)
+                state["sasl_port"] = self.sasl_port
             self._render_props(cport)
             if not (self.kraft_dir / "meta.properties").is_file():
                 state["cluster_id"] = state.get("cluster_id") or _new_cluster_id()
@@ -254,17 +272,48 @@ class EmbeddedBroker:
             raise BrokerError(f"controller port {self.controller_port} is in use")
         return free_port(self.host)
 
+    def _pick_sasl_port(self, state: dict[str, Any], controller_port: int) -> int:
+        taken = (self.port, controller_port)
+        for p in (self.sasl_port, state.get("sasl_port"), self.port + 2):
+            if p and 0 < int(p) < 65536 and int(p) not in taken and port_bindable(self.host, int(p)):
+                return int(p)
+        if self.sasl_port:
+            raise BrokerError(f"SASL port {self.sasl_port} is in use")
+        return free_port(self.host)
+
+    def _sasl_props(self) -> tuple[str, str]:
+        """(extra listeners, SASL config lines) for server.properties; empty without users."""
+        if not self.sasl_users:
+            return "", ""
+        for user, password in self.sasl_users.items():
+            # the JAAS line quotes them: no quote, backslash, semicolon or line break
+            if not user or any(c in f"{user}{password}" for c in '"\\;\r\n') or any(c.isspace() for c in user):
+                raise BrokerError(f"SASL user {user!r}: names and passwords must not contain quotes, "
+                                  "backslashes, semicolons or line breaks (names: no spaces)")
+        users = " ".join(f'user_{u}="{p}"' for u, p in sorted(self.sasl_users.items()))
+        jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+        config = ("sasl.enabled.mechanisms=PLAIN\n"
+                  "listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN\n"
+                  f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}\n")
+        return f",SASL_PLAINTEXT://{self.host}:{self.sasl_port}", config
+
     def _render_props(self, controller_port: int) -> None:
         try:
             template = Template(PROPS_TEMPLATE.read_text())
         except OSError as e:
             raise BrokerError(f"cannot read {PROPS_TEMPLATE}: {e.strerror}") from e
+        extra_listeners, sasl_config = self._sasl_props()
         try:
             text = template.substitute(node_id=self.node_id, port=self.port,
-                                       controller_port=controller_port, log_dirs=str(self.kraft_dir))
+                                       controller_port=controller_port, log_dirs=str(self.kraft_dir),
+                                       extra_listeners=extra_listeners, sasl_config=sasl_config)
         except (KeyError, ValueError) as e:
             raise BrokerError(f"bad placeholder in {PROPS_TEMPLATE}: {e}") from None
-        self.props_file.write_text(text)
+        # 0600 before the first byte: the passwords of the SASL users are in it
+        fd = os.open(self.props_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
     def _java_cmd(self, java: str, libs: Path, main: str, heap: str | None = None) -> list[str]:
         return [java, f"-Xmx{heap or self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",

@@ -10,7 +10,7 @@ from typing import Any
 from stream.cli.common import add_common, settings_from
 from stream.config import ConfigError
 from stream.generate import WRITERS, send_log, truth_path, write_log
-from stream.kafka import resolve_bootstrap
+from stream.kafka import kafka_client_options, resolve_bootstrap
 from stream.replay.options import ReplayError
 
 
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.to_kafka:
         settings = settings_from(args)
         try:
-            summary = send_log(log, resolve_bootstrap(args.broker), settings.prefix, progress)
+            summary = send_log(log, resolve_bootstrap(args.broker), settings.prefix, progress,
+                               kafka_client_options(settings))
         except (ReplayError, ConfigError) as exc:  # ConfigError: no broker at --broker / embedded
             print(f"seqstream generate: {exc}", file=sys.stderr)
             return 1

@@ -10,7 +10,7 @@ from typing import Any
 from models.checkpoint import load_checkpoint
 from models.checkpoint import checkpoint_from_bytes
 from stream.cli.common import add_common, settings_from
-from stream.kafka import resolve_bootstrap
+from stream.kafka import kafka_client_options, resolve_bootstrap
 from stream.online.follower import read_store
 from stream.online.publisher import publish_checkpoint
 from stream.online.versions import VersionStore
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     bootstrap = resolve_bootstrap(settings.broker)
     topic = settings.model_updates_topic
-    store = read_store(bootstrap, topic)
+    options = kafka_client_options(settings)
+    store = read_store(bootstrap, topic, options=options)
     if args.action == "list":
         return _list(args, store, topic)
     if args.action == "rollback":
@@ -40,12 +41,12 @@ def run(args: argparse.Namespace) -> int:
         ckpt = checkpoint_from_bytes(blob, device="cpu")
         meta = {"source": "rollback", "parent": target, "created_ms": int(time.time() * 1000),
                 "metrics": store.manifests[target].get("metrics")}
-        return _publish(bootstrap, topic, store, ckpt, meta)
+        return _publish(bootstrap, topic, store, ckpt, meta, options=options)
     if args.action == "publish":
         ckpt = load_checkpoint(args.checkpoint, device="cpu")
         meta = {"source": "checkpoint", "parent": None, "created_ms": int(time.time() * 1000),
                 "path": str(args.checkpoint), "checkpoint_version": ckpt.version}
-        return _publish(bootstrap, topic, store, ckpt, meta, at_least=ckpt.version)
+        return _publish(bootstrap, topic, store, ckpt, meta, at_least=ckpt.version, options=options)
     return 2
 
 
@@ -82,8 +83,8 @@ def _list(args: argparse.Namespace, store: VersionStore, topic: str) -> int:
 
 
 def _publish(bootstrap: str, topic: str, store: VersionStore, ckpt: Any, meta: dict[str, Any],
-             at_least: int = 0) -> int:
-    new = publish_checkpoint(bootstrap, topic, store, ckpt, meta, at_least=at_least)
+             at_least: int = 0, options: dict[str, Any] | None = None) -> int:
+    new = publish_checkpoint(bootstrap, topic, store, ckpt, meta, at_least=at_least, options=options)
     print(f"published version {new} ({meta['source']}, parent {meta.get('parent')}) to {topic}: "
           f"every worker switches to it between two micro-batches")
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from stream.cli.common import add_common, settings_from
 from stream.config import ConfigError
-from stream.kafka import resolve_bootstrap
+from stream.kafka import check_login, kafka_client_options, resolve_bootstrap
 from stream.replay.checkpoint import CHECKPOINT_SUFFIX
 from stream.replay.file import replay_file
 from stream.replay.options import (
@@ -88,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
         if not opts.path.is_file():
             raise ReplayError(f"no such file: {opts.path}")
         bootstrap = resolve_bootstrap(args.broker)
+        options = kafka_client_options(settings)
+        check_login(bootstrap, options)  # before the lanes fork: a refused login is one line
         # A factory, not a producer: with several producers each lane makes its own after the
         # fork; with one, replay_file makes it and closes it.
-        summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=opts.prefix))
+        summary = replay_file(opts, lambda: Replayer(bootstrap, prefix=opts.prefix, options=options))
     except (ReplayError, ConfigError) as exc:  # ConfigError: no broker at --broker / embedded
         print(f"seqstream replay: {exc}", file=sys.stderr)
         return 1

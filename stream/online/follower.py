@@ -23,12 +23,14 @@ from stream.online.versions import VersionStore
 log = logging.getLogger("seqstream.online")
 
 
-def _consumer(bootstrap: str, topic: str):
+def _consumer(bootstrap: str, topic: str, options: dict[str, Any] | None = None):
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             client_id="seqstream-model-follower", fetch_max_bytes=8 * 1024 * 1024,
-                             max_partition_fetch_bytes=4 * 1024 * 1024)
+    from stream.kafka import kafka_client
+
+    consumer = kafka_client(KafkaConsumer, bootstrap, options, group_id=None, enable_auto_commit=False,
+                            client_id="seqstream-model-follower", fetch_max_bytes=8 * 1024 * 1024,
+                            max_partition_fetch_bytes=4 * 1024 * 1024)
     tp = TopicPartition(topic, 0)
     if not consumer.partitions_for_topic(topic):
         consumer.close()
@@ -38,9 +40,11 @@ def _consumer(bootstrap: str, topic: str):
     return consumer, tp
 
 
-def read_store(bootstrap: str, topic: str, timeout_s: float = 30.0) -> VersionStore:
-    """model-updates read to its end (what `seqstream model list` shows)."""
-    consumer, tp = _consumer(bootstrap, topic)
+def read_store(bootstrap: str, topic: str, timeout_s: float = 30.0,
+               options: dict[str, Any] | None = None) -> VersionStore:
+    """model-updates read to its end (what `seqstream model list` shows); `options`: the
+    cluster's security options (stream.kafka.kafka_client_options)."""
+    consumer, tp = _consumer(bootstrap, topic, options)
     store = VersionStore()
     try:
         _read_to_end(consumer, tp, store, timeout_s)
@@ -63,8 +67,10 @@ def _read_to_end(consumer: Any, tp: Any, store: VersionStore, timeout_s: float) 
 class Follower:
     """A worker's view of model-updates: catch up at startup, then follow in a thread."""
 
-    def __init__(self, bootstrap: str, topic: str, *, device: Any = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, device: Any = None,
+                 options: dict[str, Any] | None = None) -> None:
         self.bootstrap, self.topic, self.device = bootstrap, topic, device
+        self.options = options  # the cluster's security options (stream.kafka.kafka_client_options)
         self.store = VersionStore()
         self.current: int | None = None  # the version this process serves
         self.listeners: list[Callable[[int, Any, dict], None]] = []  # (version, ckpt, manifest)
@@ -76,7 +82,7 @@ class Follower:
     def catch_up(self, current: int, timeout_s: float = 60.0) -> Any | None:
         """Read to the end; the newest complete version above `current` as a Checkpoint, or None."""
         self.current = current
-        self._consumer, self._tp = _consumer(self.bootstrap, self.topic)
+        self._consumer, self._tp = _consumer(self.bootstrap, self.topic, self.options)
         _read_to_end(self._consumer, self._tp, self.store, timeout_s)
         return self._load_newest()
 

@@ -13,12 +13,15 @@ from stream.online.versions import STATUS_KEY, VersionStore, version_key, versio
 class Publisher:
     """Writes versions to model-updates (kafka-python; blocking: call it off the event loop)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, options: dict[str, Any] | None = None) -> None:
+        """`options`: the cluster's security options (stream.kafka.kafka_client_options)."""
         from kafka import KafkaProducer
 
+        from stream.kafka import kafka_client
+
         self.topic = topic
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
-                                      max_request_size=1024 * 1024, client_id="seqstream-model-publisher")
+        self.producer = kafka_client(KafkaProducer, bootstrap, options, acks="all", linger_ms=0,
+                                     max_request_size=1024 * 1024, client_id="seqstream-model-publisher")
         self.retired: set[int] = set()
 
     def publish(self, version: int, blob: bytes, manifest: dict[str, Any]) -> None:
@@ -59,12 +62,13 @@ def blob_of(model: Any, items: Any, categories: Any, version: int, meta: dict[st
 
 
 def publish_checkpoint(bootstrap: str, topic: str, store: VersionStore, ckpt: Any,
-                       meta: dict[str, Any], at_least: int = 0) -> int:
+                       meta: dict[str, Any], at_least: int = 0,
+                       options: dict[str, Any] | None = None) -> int:
     """Publish `ckpt` as the newest version (above everything on the topic, and at least
     `at_least`); returns its number. Every worker switches to it between two micro-batches."""
     new = max(store.max_version or 0, store.head or 0, at_least - 1) + 1
     blob = blob_of(ckpt.model, ckpt.item_vocab, ckpt.category_vocab, new, {"online": meta})
-    pub = Publisher(bootstrap, topic)
+    pub = Publisher(bootstrap, topic, options)
     try:
         pub.publish(new, blob, to_jsonable(meta, 6))
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from models.online.learner import OnlineLearner
 from stream.guarantee import record_sender
+from stream.kafka import kafka_client_options
 from stream.online.capture import SampleCapture
 from stream.online.follower import Follower
 from stream.online.publisher import Publisher
@@ -61,7 +62,8 @@ def register_trainer(app: Any, settings: Any, trainer: Trainer, agent_name: str)
 
 
 def _make_follower(app: Any, settings: Any, device: Any) -> Follower:
-    return Follower(bootstrap_of(app), settings.model_updates_topic, device=device)
+    return Follower(bootstrap_of(app), settings.model_updates_topic, device=device,
+                    options=kafka_client_options(settings))
 
 
 def register_online(wiring: Any, pipeline: Any, settings: Any) -> None:
@@ -128,5 +130,5 @@ def make_trainer(app: Any, settings: Any, online: OnlineSettings, scoring: Any,
     learner = OnlineLearner(scoring.model, scoring.items, scoring.categories, version=scoring.version,
                             config=online.learner_config(device=None if settings.device == "auto"
                                                          else settings.device))
-    publisher = Publisher(bootstrap_of(app), settings.model_updates_topic)
+    publisher = Publisher(bootstrap_of(app), settings.model_updates_topic, kafka_client_options(settings))
     return Trainer(learner, publisher, follower, online)

@@ -86,6 +86,8 @@ class Replayer:
     bootstrap: str
     prefix: str = ""
     producer_config: dict[str, Any] = field(default_factory=dict)
+    # the cluster's security options (stream.kafka.kafka_client_options): they hold the password
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     producer: Any = None  # a KafkaProducer (or a test double with send/flush/close/partitions_for)
     sent: dict[str, int] = field(default_factory=lambda: {a: 0 for a in ACTIONS})
     failed: int = 0
@@ -98,6 +100,9 @@ class Replayer:
             from kafka import KafkaProducer
             from kafka.errors import KafkaError
 
+            from stream.kafka import check_login
+
+            check_login(self.bootstrap, self.options)  # a refused login: one line, at once
             config = {**default_producer_config(), **self.producer_config}
             # A broker that is down makes kafka-python log every retry at ERROR; the operator
             # gets our one line instead.
@@ -105,7 +110,7 @@ class Replayer:
             level = kafka_log.level
             kafka_log.setLevel(logging.CRITICAL)
             try:
-                self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, **config)
+                self.producer = KafkaProducer(bootstrap_servers=self.bootstrap, **config, **self.options)
             except KafkaError as exc:  # NoBrokersAvailable in 2.x, KafkaConnectionError in 3.x
                 raise ReplayError(f"no Kafka broker answers at {self.bootstrap} "
                                   f"({type(exc).__name__})") from None

@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from stream.config import Settings
+from stream.kafka import faust_credentials
 
 MB = 1024 * 1024
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),  # SASL / TLS (None: PLAINTEXT)
         store="rocksdb://",
         datadir=str(settings.data_dir),
         processing_guarantee=settings.processing_guarantee,

@@ -87,11 +87,15 @@ def run_trainer(settings: Settings, online: "OnlineSettings") -> int:
     scoring = load_scoring_model(settings)
     group = f"{settings.app_id}-trainer"
     (settings.data_dir / "trainer").mkdir(parents=True, exist_ok=True)  # faust does not create it
+    from stream.kafka import faust_credentials, kafka_client_options
+
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
+                    broker_credentials=faust_credentials(settings),
                     datadir=str(settings.data_dir / "trainer"), consumer_auto_offset_reset="earliest",
                     topic_allow_declare=False, web_enabled=False, broker_session_timeout=30.0,
                     broker_heartbeat_interval=3.0)
-    follower = Follower(bootstrap, settings.model_updates_topic, device=scoring.device)
+    follower = Follower(bootstrap, settings.model_updates_topic, device=scoring.device,
+                        options=kafka_client_options(settings))
     ckpt = follower.catch_up(scoring.version)
     if ckpt is not None:
         scoring = ScoringModel.from_checkpoint(ckpt)
