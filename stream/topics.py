@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
 from stream.config import Settings
 from stream.kafka import kafka_client, kafka_client_options
@@ -27,7 +27,12 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
     model updates and training samples have one partition so one trainer owns them."""
     compact = {"cleanup.policy": "compact"}
     week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
-    specs = [TopicSpec(t, partitions, week) for t in settings.input_topics]
+    # Inputs keep the time a record arrived, not the producer's: a replayed log stamps records
+    # with their (historical) event time, and time-based retention would delete them about
+    # 30 s after they land, before a worker that is behind has read them. The event time
+    # travels in the payload (ts_ms), which is all the worker reads.
+    inputs = {**week, "message.timestamp.type": "LogAppendTime"}
+    specs = [TopicSpec(t, partitions, inputs) for t in settings.input_topics]
     specs += [
         TopicSpec(settings.predictions_topic, partitions, week),
         TopicSpec(settings.dead_letter_topic, partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
@@ -40,15 +45,19 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
     return specs
 
 
-def create_topics(bootstrap: str, settings: Settings, partitions: int) -> list[str]:
-    """Create what is missing; returns the names created. Existing topics are left alone."""
+def create_topics(bootstrap: str, settings: Settings, partitions: int,
+                  replication_factor: int = 1) -> list[str]:
+    """Create what is missing; returns the names created. Existing topics are left alone.
+    `replication_factor`: 1 suits a single broker; production clusters want 3."""
     if partitions < 1:
         raise TopicError(f"partitions must be at least 1, got {partitions}")
+    if replication_factor < 1:
+        raise TopicError(f"replication factor must be at least 1, got {replication_factor}")
     admin = kafka_client(KafkaAdminClient, bootstrap, kafka_client_options(settings),
                          client_id="seqstream-topics")
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config)
+        new = [NewTopic(s.name, s.partitions, replication_factor, topic_configs=s.config)
                for s in topic_specs(settings, partitions) if s.name not in existing]
         created: list[str] = []
         for topic in new:  # one by one, so a race with another creator is harmless
@@ -57,6 +66,9 @@ def create_topics(bootstrap: str, settings: Settings, partitions: int) -> list[s
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+            except InvalidReplicationFactorError:
+                raise TopicError(f"replication factor {replication_factor} is more than the "
+                                 "cluster's brokers can hold (use --replication-factor)") from None
         return created
     finally:
         admin.close()
