@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 from stream.events import Reason
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the classic text format every Prometheus reads
 
 
 class PipelineCollector:
@@ -56,8 +56,11 @@ class PipelineCollector:
         lag = GaugeMetricFamily("seqstream_consumer_lag", "Records in an assigned partition beyond "
                                 "the group's committed offset (last fetched highwater - committed "
                                 "offset)", labels=["topic", "partition"])
+        ours = set(p.settings.input_topics) | {p.settings.churn_commands_topic,
+                                               p.settings.topic("training-samples")}
         for (topic, partition), n in sorted(p.fetch_watch.consumer_lag().items()):
-            lag.add_metric([topic, str(partition)], n)
+            if topic in ours:  # not faust's internal leader topic
+                lag.add_metric([topic, str(partition)], n)
         yield lag
         yield GaugeMetricFamily("seqstream_model_version", "Model version serving predictions",
                                 value=p.scorer.scoring.version)
