@@ -8,6 +8,7 @@ how docs/dashboard.png is made); without it the test writes nothing outside its 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -27,10 +28,23 @@ from stream.broker.process import free_port
 from stream.events import Reason, encode_value, input_topic, user_key
 from tests.integration.workers import WorkerProcess, consume_until, untrained_checkpoint
 
-pytestmark = pytest.mark.integration
-
 CHROMIUM = os.environ.get("SEQSTREAM_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SEQSTREAM_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+def _no_browser() -> str:
+    """Why the browser test cannot run here ("" when it can); checked before any broker starts."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        return (f"no headless Chromium ({', '.join(missing)} missing): install Debian's chromium "
+                "and chromium-driver (deploy/setup.sh does, as root)")
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium is not installed: pip install -e '.[test]'"
+    return ""
+
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(bool(_no_browser()), reason=_no_browser() or "-")]
 N_USERS, N_ITEMS, N_EVENTS = 60, 200, 300
 MODEL_VERSION = 3
 TOKEN = "dash-test-token-7f3a"
@@ -157,11 +171,7 @@ def expected(m: dict, fig: dict) -> float | None:
 
 @pytest.fixture()
 def browser(tmp_path):
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.skip(f"no headless Chromium: {CHROMIUM} or {CHROMEDRIVER} is missing; install "
-                    "Debian's chromium and chromium-driver (deploy/setup.sh does, as root)")
-    webdriver = pytest.importorskip(
-        "selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -234,7 +244,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.mark.timeout(420)
-def test_dashboard_shows_what_metrics_say(kafka_bootstrap, deployment, checkpoint, tmp_path, browser):
+def test_dashboard_shows_what_metrics_say(browser, kafka_bootstrap, deployment, checkpoint, tmp_path):
     settings = deployment
     port = free_port()
     worker = WorkerProcess(settings, checkpoint, tmp_path / "state", tmp_path / "worker.log",
