@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from models.schema import ACTIONS, LogEvent
 from stream.broker.process import free_port
@@ -53,15 +53,20 @@ LABELS = ("topic", "partition", "reason", "result", "kind")  # the page's data-<
 
 # ------------------------------------------------------------------ inputs
 
+QUIET = range(8)  # users who stop early: churn alerts (the worker alerts after 30 s event time)
+WORKER_ARGS = ("--churn-inactivity-ms", "30000", "--allowed-lateness-ms", "5000", "--churn-sweep-s", "1")
+
+
 def make_events(n: int, seed: int = 0) -> list[LogEvent]:
+    """About four minutes of event time, an hour ago (a plausible backfill lag); the QUIET users
+    only in its first third, the others at random (their gaps give alerts and returns too)."""
     rng = random.Random(seed)
-    t0 = int(time.time() * 1000) - 3_600_000  # an hour ago: a plausible event-time lag
-    clock = {u: t0 + u * 1000 for u in range(N_USERS)}
+    t = int(time.time() * 1000) - 3_600_000
     out = []
-    for _ in range(n):
-        u = rng.randrange(N_USERS)
-        clock[u] += rng.randint(1, 20) * 1000
-        out.append(LogEvent(u, rng.randrange(N_ITEMS), rng.choice(ACTIONS), clock[u],
+    for i in range(n):
+        t += rng.randint(200, 1500)
+        u = rng.randrange(N_USERS) if i < n // 3 else rng.randrange(len(QUIET), N_USERS)
+        out.append(LogEvent(u, rng.randrange(N_ITEMS), rng.choice(ACTIONS), t,
                             category_id=rng.randrange(10)))
     return out
 
@@ -248,7 +253,7 @@ def test_dashboard_shows_what_metrics_say(browser, kafka_bootstrap, deployment, 
     settings = deployment
     port = free_port()
     worker = WorkerProcess(settings, checkpoint, tmp_path / "state", tmp_path / "worker.log",
-                           "--web-port", str(port), env={"SEQSTREAM_WEB_TOKEN": TOKEN})
+                           "--web-port", str(port), *WORKER_ARGS, env={"SEQSTREAM_WEB_TOKEN": TOKEN})
     try:
         worker.wait_ready(90)
         events = make_events(N_EVENTS)
@@ -264,23 +269,40 @@ def test_dashboard_shows_what_metrics_say(browser, kafka_bootstrap, deployment, 
         assert seen_reasons == Counter(b[3] for b in bad)
         users_sent = {str(e.user_id) for e in events}
 
-        # /metrics agrees with the consumer (the counters may trail the sends by a moment, and
-        # the lag drains to 0 with the next offset commit)
+        # /metrics agrees with the consumers (the counters may trail the sends by a moment, the
+        # lag drains to 0 with the next offset commit, and the last churn alerts come with the
+        # sweeps after the last event: the event-time clock stands still from then on)
         inputs = {(settings.topic(a), str(p)) for a in ("click", "cart", "purchase") for p in range(2)}
-        deadline = time.monotonic() + 30
-        while True:
-            m1 = scrape(port)
-            lag = {(lab["topic"], lab["partition"]): v for lab, v in m1.get("seqstream_consumer_lag", [])}
-            if (total(m1, "seqstream_predictions_total") == len(preds)
-                    and by_label(m1, "seqstream_dead_letter_total", "reason", nonzero=True) == dict(seen_reasons)
-                    and inputs <= set(lag) and not any(lag[tp] for tp in inputs)):
-                break
-            assert time.monotonic() < deadline, (
-                f"/metrics never matched the consumer: predictions "
-                f"{total(m1, 'seqstream_predictions_total')} vs {len(preds)}, dead letters "
-                f"{by_label(m1, 'seqstream_dead_letter_total', 'reason')} vs {dict(seen_reasons)}, "
-                f"lag {lag}")
-            time.sleep(0.5)
+        churn_reader = KafkaConsumer(settings.churn_alerts_topic, bootstrap_servers=kafka_bootstrap,
+                                     auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+        churn_seen: Counter = Counter()
+        try:
+            deadline = time.monotonic() + 45
+            stable_since, last = time.monotonic(), None
+            while True:
+                for records in churn_reader.poll(timeout_ms=300).values():
+                    for r in records:
+                        kind = msgpack.unpackb(r.value, raw=False)["type"]
+                        churn_seen["alert" if kind == "churn" else kind] += 1
+                m1 = scrape(port)
+                lag = {(lab["topic"], lab["partition"]): v for lab, v in m1.get("seqstream_consumer_lag", [])}
+                churn = by_label(m1, "seqstream_churn_alerts_total", "kind", nonzero=True)
+                if churn != last:
+                    stable_since, last = time.monotonic(), churn
+                if (total(m1, "seqstream_predictions_total") == len(preds)
+                        and by_label(m1, "seqstream_dead_letter_total", "reason", nonzero=True) == dict(seen_reasons)
+                        and inputs <= set(lag) and not any(lag[tp] for tp in inputs)
+                        and churn == dict(churn_seen) and time.monotonic() - stable_since > 4):
+                    break
+                assert time.monotonic() < deadline, (
+                    f"/metrics never matched the consumers: predictions "
+                    f"{total(m1, 'seqstream_predictions_total')} vs {len(preds)}, dead letters "
+                    f"{by_label(m1, 'seqstream_dead_letter_total', 'reason')} vs {dict(seen_reasons)}, "
+                    f"lag {lag}, churn {churn} vs {dict(churn_seen)}")
+                time.sleep(0.5)
+        finally:
+            churn_reader.close()
+        assert churn_seen["alert"] >= len(QUIET), churn_seen  # the quiet users at least
 
         url = f"http://127.0.0.1:{port}/"
         # without the token: a clear 401 message, and the open metrics still shown
@@ -350,6 +372,14 @@ def test_dashboard_shows_what_metrics_say(browser, kafka_bootstrap, deployment, 
         assert {r["user"] for r in rows} <= users_sent
         for r, p in zip(rows, reversed(feed["predictions"])):
             assert r["cells"][1] == p["user"] and r["cells"][2] == p["action"] and r["cells"][3] == p["item"]
+        # the churn alerts: /feed's, newest first, and the counts /metrics has
+        alert_rows = browser.execute_script("""return [...document.querySelectorAll('#alerts tbody tr')]
+          .map((r) => [r.dataset.user, r.dataset.kind]);""")
+        assert alert_rows == [[a["user"], a["kind"]] for a in reversed(feed["alerts"])]
+        assert len(alert_rows) == min(50, sum(churn_seen.values()))
+        assert {u for u, _ in alert_rows} <= users_sent
+        assert float(fig(page, "seqstream_churn_alerts_total", kind="alert")["value"]) == churn_seen["alert"]
+        assert float(fig(page, "seqstream_churn_alerts_total", kind="returned")["value"]) == churn_seen["returned"]
         assert not js_errors(browser), js_errors(browser)
 
         shot = os.environ.get("SEQSTREAM_SCREENSHOT")
