@@ -3,7 +3,7 @@
 - score: micro-batches from the three input topics (`take_events`) -> ScoringPipeline.process
 - churn-commands: the sweep's commands, applied by the table's owner (timers cannot write tables)
 - timers: release buffered events on a quiet stream, the churn sweep, unsticking lost fetches,
-  the metrics report; and the /seqstream/metrics page when faust's web server is on
+  the metrics report, the health checks' progress sample; the web pages (stream/worker/web.py)
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 
 from stream.worker.app import Wiring
 from stream.worker.pipeline import ScoringPipeline
+from stream.worker.web import register_pages
 
 log = logging.getLogger("seqstream.worker")
 
@@ -52,6 +53,7 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
     async def unstick_inputs() -> None:
         # two rare faust losses that would leave the worker idle for good (see FetchWatch)
         await pipeline.fetch_watch.unstick(pipeline.in_flight)
+        pipeline.health.tick()
 
     @app.timer(interval=report_every_s)
     async def report() -> None:
@@ -62,7 +64,4 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         log.info("seqstream metrics %s backpressured=%s lag=%s", pipeline.metrics.snapshot(), paused,
                  watch.input_lag())
 
-    if settings.web_port > 0:
-        @app.page("/seqstream/metrics")
-        async def metrics_page(web, request):  # noqa: ANN001
-            return web.json(pipeline.metrics.snapshot())
+    register_pages(wiring, pipeline)  # /metrics, /healthz, /readyz, /feed, / (when web_port > 0)

@@ -40,6 +40,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         web_port=settings.web_port or 6066,
         web_host=settings.web_host,
         web_in_thread=False,
+        web_tables_enabled=False, web_router_enabled=False,  # /table/* would serve user state
         producer_max_request_size=MB,
         # Every event produces a prediction and a changelog record. Without a linger each loop
         # turn sends a small produce request: a syscall and a broker round trip per few records.

@@ -3,7 +3,8 @@ fetch state and faust's consumer internals (read offsets, commits, backpressure)
 
 The reorder buffer (stream/ordering.py) asks `caught_up` whether an input partition can still
 deliver an earlier event; the worker's timers ask `unstick` to repair two rare faust losses, and
-the report logs `input_lag` and `backpressured`.
+the report logs `input_lag` and `backpressured`; /metrics reads `consumer_lag` and the health
+checks (stream/worker/health.py) `recovery_reason`, `assigned_inputs`, `unpositioned` and `waiting`.
 """
 from __future__ import annotations
 
@@ -198,3 +199,98 @@ class FetchWatch:
                 await consumer.seek(tp, offset)
             except Exception:  # revoked meanwhile: its next owner reads from the committed offset
                 log.exception("could not seek %s[%d]", tp.topic, tp.partition)
+
+    def forget_unacked(self, messages: Any) -> None:
+        """Take messages that will never be acked (handed back at shutdown) off the list that
+        faust's stop waits on (`wait_empty`); their offsets stay uncommitted."""
+        unacked = getattr(self.wiring.app.consumer, "_unacked_messages", None)
+        if unacked is not None:
+            for message in messages:
+                unacked.discard(message)
+
+    def stop_waiting(self) -> None:
+        """Shutdown's patience is over: faust's stop waits for no more acks (what is still unacked
+        stays uncommitted, so the partition's next owner reads it again)."""
+        unacked = getattr(self.wiring.app.consumer, "_unacked_messages", None)
+        if unacked:
+            log.warning("stopping: not waiting for %d records in progress (read again after the "
+                        "restart)", len(unacked))
+            unacked.clear()
+
+    # -- for /metrics and the health checks ----------------------------------------------------
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition this worker consumes (table changelogs left out): the last
+        fetched highwater minus the committed offset, as kafka_consumergroup_lag counts it. Before
+        the group's first commit on a partition, the fetch position stands in for it."""
+        try:
+            app = self.wiring.app
+            consumer = app.consumer
+            assignment = sorted(consumer.assignment())
+            changelogs = set(app.tables.changelog_topics)
+        except Exception:  # not started
+            return {}
+        committed = getattr(consumer, "_committed_offset", {})
+        lag: dict[tuple[str, int], int] = {}
+        for tp in assignment:
+            if tp.topic in changelogs:
+                continue
+            state = self._fetch_state(tp)
+            if state is None or state.highwater is None:
+                continue
+            done = committed.get(tp)
+            if done is None:
+                if not state.has_valid_position:
+                    continue
+                done = state.position
+            lag[(tp.topic, tp.partition)] = max(0, state.highwater - done)
+        return lag
+
+    def recovery_reason(self) -> str | None:
+        """Why the worker cannot serve yet (starting, first assignment, table recovery, a
+        rebalance), or None once faust has recovered its tables and resumed the streams."""
+        app = self.wiring.app
+        try:
+            recovery = app.tables.recovery
+            assigned = bool(app.consumer.assignment())
+        except Exception:  # the consumer is not started yet
+            return "starting"
+        tables = ", ".join(sorted(t.name for t in app.tables.values())) or "tables"
+        if recovery.in_recovery:
+            try:
+                remaining = int(recovery.active_remaining_total())
+            except Exception:
+                return f"recovering table {tables}"
+            return f"recovering table {tables} ({remaining} changelog records to go)"
+        if not recovery.completed.is_set():
+            return f"recovering table {tables}" if assigned else "waiting for partition assignment"
+        if app.rebalancing:
+            return "rebalancing"
+        return None
+
+    def assigned_inputs(self) -> list[TP]:
+        try:
+            return sorted(tp for tp in self.wiring.app.consumer.assignment()
+                          if tp.topic in self.input_topics)
+        except Exception:
+            return []
+
+    def unpositioned(self, inputs: Sequence[TP]) -> list[TP]:
+        """Assigned input partitions the fetcher is not reading: no fetch position yet, or paused
+        by something other than backpressure (faust pauses inputs while it recovers)."""
+        backpressured = self.backpressured()
+        out = []
+        for tp in inputs:
+            state = self._fetch_state(tp)
+            if state is None or not state.has_valid_position or (state.paused and tp not in backpressured):
+                out.append(tp)
+        return out
+
+    def waiting(self) -> int:
+        """Records Kafka holds for the assigned input partitions beyond the fetch position (as of
+        the last fetch): work that a consumer which has stopped would leave undone."""
+        total = 0
+        for _, state in self._input_fetch_states():
+            if state.highwater is not None and state.has_valid_position:
+                total += max(0, state.highwater - state.position)
+        return total

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Sequence
 
 import msgpack
+import numpy as np
 from faust.types import TP
 
 from stream.churn import DueIndex, PartitionClock, alert_message
@@ -33,11 +34,15 @@ from stream.ordering import ReorderBuffer
 from stream.scoring import Scorer, ScoringModel
 from stream.state import UserState
 from stream.worker.app import Wiring
+from stream.worker.feed import Feed
 from stream.worker.fetch_watch import FetchWatch
+from stream.worker.health import Health
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.store import StateStore
 
 log = logging.getLogger("seqstream.worker")
+
+STOP_WAIT_S = 4.0  # SIGTERM: how long faust's stop may wait for batches in progress
 
 BatchHook = Callable[[dict[int, UserState], list[Prediction]], Awaitable[None]]
 
@@ -48,12 +53,15 @@ class ScoringPipeline:
         self.wiring = wiring
         self.scorer = scorer
         self.metrics = WorkerMetrics()
+        self.feed = Feed()  # the last predictions and churn alerts, for GET /feed
         self.clock = PartitionClock(settings.allowed_lateness_ms)
         self.due = DueIndex()
         self.reorder: ReorderBuffer[Any] = ReorderBuffer(settings.input_topics,
                                                          grace_ms=settings.order_grace_ms)
         self.fetch_watch = FetchWatch(settings.input_topics, wiring, self.metrics)
         self.store = StateStore(wiring.states, self.metrics)
+        self.health = Health(self.fetch_watch, lambda: self.metrics.events_in, self.in_flight)
+        self.registry: Any = None  # the Prometheus registry, once the web pages are registered
         self.send_prediction = record_sender(wiring.app, wiring.predictions,
                                              settings.processing_guarantee)
         # the scoring agent and the churn-command agent both write user state
@@ -63,6 +71,7 @@ class ScoringPipeline:
         self.after_batch: list[BatchHook] = []
         self.extensions: dict[str, Any] = {}
         self._pending_model: ScoringModel | None = None
+        self.stopping = False  # SIGTERM: see begin_shutdown
         # torch releases the GIL, but the model must see one batch at a time
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqstream-score")
 
@@ -88,8 +97,10 @@ class ScoringPipeline:
     def decode(self, batch: Sequence[Any]) -> tuple[list[tuple[Event, Any]], list[Invalid]]:
         valid: list[tuple[Event, Any]] = []
         invalid: list[Invalid] = []
+        by_topic = self.metrics.events_by_topic
         for fev in batch:
             msg = fev.message
+            by_topic[msg.topic] += 1
             result = decode_event(msg.key, msg.value, topic=msg.topic, partition=msg.partition,
                                   offset=msg.offset, prefix=self.settings.prefix,
                                   max_value_bytes=self.settings.max_value_bytes)
@@ -133,7 +144,30 @@ class ScoringPipeline:
             self.reorder.add(ev, fev, seen_ms[(ev.topic, ev.partition)])
         await self._score_released(started)
 
+    def begin_shutdown(self) -> None:
+        """Called on SIGTERM before faust stops the consumer. faust's stop waits until every
+        message handed to a stream is acked, and parked events are never scored from here on: hand
+        them back unscored and unacked (and off faust's list of messages to wait for), so their
+        offsets stay uncommitted and the next owner reads them again. The batch in flight finishes
+        and is committed; events arriving later are handed back the same way."""
+        self.stopping = True
+        self._hand_back()
+        # the online trainer's batch is acked only after its round (seconds): stop waiting for
+        # whatever is still unacked after STOP_WAIT_S; it stays uncommitted and is read again
+        asyncio.get_running_loop().call_later(STOP_WAIT_S, self.fetch_watch.stop_waiting)
+
+    def _hand_back(self) -> None:
+        dropped = self.reorder.drop_partitions(set(range(self.wiring.partitions)))
+        self.metrics.buffered = self.reorder.size
+        self.fetch_watch.forget_unacked(fev.message for _, fev in dropped)
+        if dropped:
+            log.info("stopping: handed back %d buffered events (read again after the restart)",
+                     len(dropped))
+
     async def _score_released(self, started: float) -> None:
+        if self.stopping:
+            self._hand_back()
+            return
         if self._pending_model is not None:
             self.scorer.swap(self._pending_model)
             log.info("now serving model version %d", self._pending_model.version)
@@ -172,14 +206,32 @@ class ScoringPipeline:
                 key = user_key(p.user_id)
                 await send_prediction(key=key, value=value)
                 for msg in p.churn_messages:
-                    await self.send_churn(key, msg, p.event.partition)
+                    await self.send_churn(key, msg, p.event.partition, p.user_id, p.churn_risk)
             self.metrics.predictions += len(predictions)
+            self._observe_sent(valid, events, now_ms)
+            self.feed.add_predictions(predictions)
             for hook in self.after_batch:
                 await hook(states, predictions)
             for _, fev in valid:
                 fev.ack()
-            self.metrics.batches += 1
-            self.metrics.batch_seconds += time.perf_counter() - started
+            m = self.metrics
+            m.batches += 1
+            took = time.perf_counter() - started
+            m.batch_seconds += took
+            m.batch_time.observe(took)
+            m.batch_events.observe(len(events))
+
+    def _observe_sent(self, valid: list[tuple[Event, Any]], events: list[Event], now_ms: int) -> None:
+        """Latency histograms of a sent batch: arrival at the worker (faust's `time_in`, monotonic)
+        -> sent, and event time -> sent."""
+        now = time.monotonic()
+        arrived = [fev.message.time_in for _, fev in valid]
+        if None not in arrived:
+            self.metrics.latency.observe_many(now - np.asarray(arrived, dtype=np.float64))
+        else:  # no monitor stamped it (not expected in a worker): no figure is better than a wrong one
+            self.metrics.latency.observe_many([max(now - t, 0.0) for t in arrived if t is not None])
+        ts = np.fromiter((ev.ts for ev in events), dtype=np.float64, count=len(events))
+        self.metrics.event_time_lag.observe_many(np.maximum(now_ms - ts, 0.0) / 1000.0)
 
     def on_revoked(self, revoked: set) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in self.settings.input_topics}
@@ -190,11 +242,13 @@ class ScoringPipeline:
 
     # -- churn -----------------------------------------------------------------------------
 
-    async def send_churn(self, key: bytes, msg: dict, partition: int) -> None:
+    async def send_churn(self, key: bytes, msg: dict, partition: int, user_id: int,
+                         risk: float | None = None) -> None:
         if msg["type"] == "churn":
             self.metrics.churn_alerts += 1
         else:
             self.metrics.churn_returns += 1
+        self.feed.add_churn(user_id, msg, risk)
         await self.wiring.churn_alerts.send(key=key, value=msgpack.packb(msg, use_bin_type=True),
                                             partition=partition)
 
@@ -232,4 +286,4 @@ class ScoringPipeline:
             self.store.put(key, st)
             await self.send_churn(key, alert_message(st, self.scorer.churn,
                                                      self.scorer.scoring.version),
-                                  fev.message.partition)
+                                  fev.message.partition, user_id)

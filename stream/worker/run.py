@@ -2,9 +2,13 @@
 and `seqstream trainer` (the online trainer agent alone, in its own faust app)."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-from typing import TYPE_CHECKING
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from stream.online.settings import OnlineSettings
 
 log = logging.getLogger("seqstream.worker")
+STOP_S = 8.0  # SIGTERM -> exit: faust's stop, then busy executor threads up to this bound
 
 
 def load_scoring_model(settings: Settings) -> ScoringModel:
@@ -51,8 +56,10 @@ def run_worker(settings: Settings) -> int:
     from stream.worker.agents import register_agents
     from stream.worker.app import create_app
     from stream.worker.pipeline import ScoringPipeline
+    from stream.worker.web import check_exposure
 
     settings.validate()
+    check_exposure(settings)  # a non-local web host needs the feed's token
     # the scorer and the in-worker trainer run in two executor threads beside the event loop:
     # more intra-op threads than that oversubscribes small hosts (measured in bench_capture.py)
     torch.set_num_threads(settings.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
@@ -70,9 +77,67 @@ def run_worker(settings: Settings) -> int:
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
              bootstrap, partitions, pipeline.scorer.scoring.version, scoring.device, ring)
-    worker = faust.Worker(wiring.app, loglevel=settings.log_level.upper(), quiet=True)
-    worker.execute_from_commandline()
-    return 0
+    worker = _worker_class(faust)(wiring.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.before_stop.append(pipeline.begin_shutdown)
+    return _run_to_exit(worker, [pipeline.executor, _trainer_executor(pipeline)])
+
+
+def _run_to_exit(worker, executors: list) -> NoReturn:  # noqa: ANN001
+    """Run faust until it stops; then give busy executor threads (an online-training round can
+    take many seconds) until STOP_S after the signal, and exit without them past that: by then
+    faust has committed the offsets, flushed the producer and closed the tables, and a round cut
+    short only loses its candidate (its samples were consumed). Does not return."""
+    try:
+        worker.execute_from_commandline()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    for executor in executors:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+    deadline = (worker.stop_started or time.monotonic()) + STOP_S
+    busy = [t for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    for thread in busy:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in busy if t.is_alive()]
+    if left:
+        log.warning("exiting with %s still busy (a training round in progress is abandoned)",
+                    ", ".join(left))
+    # Everything that matters is done. The interpreter's own teardown of torch, RocksDB and
+    # client objects took another ~3 s (measured); skip it.
+    atexit._run_exitfuncs()  # kafka-python closes its clients here
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _trainer_executor(pipeline):  # noqa: ANN001, ANN202
+    trainer = getattr(pipeline.extensions.get("online"), "trainer", None)
+    return getattr(trainer, "executor", None)
+
+
+def _worker_class(faust):  # noqa: ANN001, ANN202 - faust is imported lazily
+    class Worker(faust.Worker):
+        """faust's worker, calling `before_stop` hooks on SIGTERM/SIGINT before the app (and its
+        consumer) stops."""
+
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            self.before_stop: list = []
+            self.stop_started: float | None = None
+
+        async def on_stop(self) -> None:
+            self.stop_started = time.monotonic()
+            for hook in self.before_stop:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("shutdown hook failed")
+            await super().on_stop()
+
+    return Worker
 
 
 def run_trainer(settings: Settings, online: "OnlineSettings") -> int:

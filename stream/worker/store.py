@@ -50,13 +50,17 @@ class StateStore:
 
     def store_states(self, states: dict[int, UserState], last_event: dict[int, Any]) -> None:
         table = self.table
+        sizes = []
         for user_id, st in states.items():
             _set_current_event(last_event[user_id])
             data = encode_state(st)
             table[user_key(user_id)] = data
-            self.metrics.state_bytes += len(data)
-            self.metrics.state_writes += 1
+            sizes.append(len(data))
         _set_current_event(None)
+        m = self.metrics
+        m.state_bytes += sum(sizes)
+        m.state_writes += len(sizes)
+        m.state_size.observe_many(sizes)
 
     # Inside an agent's `stream.events()` loop faust has set the current event itself.
 
