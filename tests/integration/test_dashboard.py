@@ -419,11 +419,11 @@ def screenshot(driver, path: Path, bootstrap: str, settings, seconds: float = 45
     thread.start()
     try:
         time.sleep(seconds)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1440, height + 20)
+        time.sleep(3.0)  # a refresh redraws the charts at the new size
+        path.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(path))
     finally:
         stop.set()
         thread.join(15)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1440, height + 20)
-    time.sleep(3.0)  # a refresh redraws the charts at the new size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(path))
