@@ -1,15 +1,18 @@
 """`seqstream demo`: a whole deployment on one machine, with a live view of the predictions.
 
 1. start the embedded broker (or use SEQSTREAM_BROKER / --broker);
-2. train a small model on generated history (cached), create fresh topics, start a worker;
+2. train a small model on generated history (cached), create fresh topics, start a worker with
+   its web server on (the live dashboard at http://127.0.0.1:<web port>/, printed);
 3. stream generated "live" events (plus a few malformed ones) and show predictions as they
    arrive, with throughput, end-to-end latency and dead-letter counts;
 4. stop cleanly on Ctrl-C or after --duration.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,7 @@ class LiveView:
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=5000))
     recent: deque = field(default_factory=lambda: deque(maxlen=6))
     versions: set = field(default_factory=set)
+    dashboard: str = ""  # the worker's dashboard URL ("" when its web server is off)
 
     def add_prediction(self, msg: dict, now_ms: int) -> None:
         self.predictions += 1
@@ -56,6 +60,8 @@ class LiveView:
             f"dead-letter {self.dead_letters} | latency p50 {np.percentile(lat, 50):.0f} ms "
             f"p99 {np.percentile(lat, 99):.0f} ms | model v{','.join(map(str, sorted(self.versions))) or '-'}",
         ]
+        if self.dashboard:
+            lines.append(f"  dashboard: {self.dashboard}")
         for m in self.recent:
             act = m["next_action"]
             top = " ".join(str(i) for i, _ in m["next_items"][:5]) or "(none)"
@@ -128,20 +134,39 @@ def produce(bootstrap: str, settings: Settings, rate: float, seed: int, view: Li
         producer.close(5)
 
 
+def web_port_for(wanted: int, host: str = "127.0.0.1") -> int:
+    """`wanted` if it is free on `host`, else one the OS picks (0 stays 0: web server off)."""
+    if wanted <= 0:
+        return 0
+    from stream.broker.process import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, wanted))
+            return wanted
+        except OSError:
+            return free_port(host)
+
+
 def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: int = 4,
              seed: int = 7, keep: bool = False, keep_broker: bool = False,
-             broker: str | None = None) -> int:
+             broker: str | None = None, web_port: int = 6066, open_browser: bool = False) -> int:
     """The whole demo (see the module docstring); the exit code. `duration` None: until Ctrl-C.
     `keep`: leave its topics and state; `keep_broker`: leave an embedded broker it started running;
-    `broker`: host:port of an existing cluster (else SEQSTREAM_BROKER, else the embedded one)."""
+    `broker`: host:port of an existing cluster (else SEQSTREAM_BROKER, else the embedded one);
+    `web_port`: the worker's web server and dashboard (taken if busy: another free one; 0: off);
+    `open_browser`: open the dashboard in a browser once the worker serves it."""
     from kafka import KafkaConsumer
 
+    from stream.broker.process import port_open
     from stream.topics import create_topics, delete_topics
 
     if rate <= 0:
         raise ConfigError(f"--rate must be positive, got {rate}")
     if duration is not None and duration <= 0:
         raise ConfigError(f"--duration must be positive, got {duration}")
+    if not 0 <= web_port <= 65535:
+        raise ConfigError(f"--web-port must be in 0..65535 (0: off), got {web_port}")
     broker_handle = None
     bootstrap = explicit_bootstrap(broker)
     if not bootstrap:
@@ -164,10 +189,18 @@ def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: 
     cmd = [sys.executable, "-m", "stream.cli", "worker", "--broker", bootstrap,
            "--prefix", settings.prefix, "--app-id", settings.app_id, "--model", str(model_path),
            "--data-dir", str(workdir / "state")]
+    port = web_port_for(web_port)
+    dashboard = f"http://127.0.0.1:{port}/" if port else ""
+    if port:
+        cmd += ["--web-port", str(port), "--web-host", "127.0.0.1"]
     print(f"demo: starting worker (log: {worker_log})")
+    if dashboard:
+        hint = " (append #token=<SEQSTREAM_WEB_TOKEN>)" if os.environ.get("SEQSTREAM_WEB_TOKEN") else ""
+        print(f"demo: dashboard at {dashboard}{hint}", flush=True)
     with open(worker_log, "wb") as logf:
         worker = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
-    view = LiveView()
+    view = LiveView(dashboard=dashboard)
+    opened = not (open_browser and dashboard)
     stop = threading.Event()
     consumer = kafka_client(KafkaConsumer, bootstrap, kafka_client_options(settings),
                             topics=(settings.predictions_topic, settings.dead_letter_topic),
@@ -185,6 +218,11 @@ def run_demo(*, duration: float | None = None, rate: float = 200.0, partitions: 
                 print(f"demo: the worker exited with {worker.returncode}; see {worker_log}")
                 rc = 1
                 break
+            if not opened and port_open("127.0.0.1", port):
+                opened = True
+                import webbrowser
+
+                webbrowser.open(dashboard)
             for tp, records in consumer.poll(timeout_ms=200).items():
                 now_ms = int(time.time() * 1000)
                 for rec in records:

@@ -9,7 +9,7 @@ from stream.demo import run_demo
 def run(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, rate=args.rate, partitions=args.partitions,
                     seed=args.seed, keep=args.keep, keep_broker=args.keep_broker,
-                    broker=args.broker)
+                    broker=args.broker, web_port=args.web_port, open_browser=args.open)
 
 
 def add_parser(sub) -> None:
@@ -21,4 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep", action="store_true", help="keep the demo's topics and state")
     p.add_argument("--keep-broker", action="store_true", help="leave the embedded broker running")
     p.add_argument("--broker", default=None, help="bootstrap host:port of an existing cluster")
+    p.add_argument("--web-port", type=int, default=6066,
+                   help="the worker's web port: its live dashboard at http://127.0.0.1:PORT/ "
+                        "(default 6066, another free port if taken; 0: off)")
+    p.add_argument("--open", action="store_true", help="open the dashboard in a web browser")
     p.set_defaults(func=run)
