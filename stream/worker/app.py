@@ -41,6 +41,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # faust listens on web_bind (default 0.0.0.0); web_host is only advertised
         web_in_thread=False,
         web_tables_enabled=False, web_router_enabled=False,  # /table/* would serve user state
         producer_max_request_size=MB,
