@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -40,6 +41,22 @@ def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes, dic
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as err:
         return err.code, err.read(), dict(err.headers)
+
+
+def non_loopback_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than 127.x (found without sending anything)."""
+    found = set()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.123", 9))  # UDP connect picks the outgoing address, sends nothing
+            found.add(probe.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        found.update(info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
+    except OSError:
+        pass
+    return sorted(a for a in found if not a.startswith("127."))
 
 
 def scrape(port: int) -> dict[str, dict[tuple, float]]:
@@ -87,6 +104,10 @@ def test_metrics_health_feed_and_sigterm(kafka_bootstrap, deployment, checkpoint
         assert seen[0][0] == 503 and seen[-1] == (200, "ready\n"), seen
         for status, body in seen[:-1]:
             assert status == 503 and body.endswith("\n") and body.count("\n") == 1, seen
+        # bound to 127.0.0.1 (the default --web-host): not reachable on this host's other addresses
+        for address in non_loopback_addresses():
+            with pytest.raises(OSError):
+                socket.create_connection((address, port), timeout=2).close()
 
         events = make_events(300, seed=1)
         corpus = malformed_corpus()
