@@ -147,9 +147,11 @@ def test_sasl_end_to_end_and_wrong_password(sasl_broker: EmbeddedBroker, tmp_pat
     settings = Settings(prefix=prefix, app_id=app_id, broker=bootstrap)
     model = untrained_checkpoint(tmp_path / "model.pt", 300, 20)
     # faust (consumer, producer, admin) and the model-updates follower all log in over SASL.
-    # (Not --log-level debug: a worker at debug level consumes nothing, with or without SASL,
-    # a separate bug; the in-process test below reads the clients' debug logs instead.)
+    # At debug level, so that its log is the most talkative one the password could leak into.
+    # (A debug worker once seemed to consume nothing: its replayed, historical records had been
+    # deleted by the broker's first retention pass; see test_debug_log.py.)
     worker = WorkerProcess(settings, model, tmp_path / "state", worker_log, "--no-online",
+                           "--log-level", "debug",
                            "--sasl-password-file", str(password_file), env=_env(None))
     try:
         got = _count(bootstrap, settings.predictions_topic, n_events, timeout_s=180, worker=worker)
