@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
 from stream.config import Settings
@@ -102,6 +102,28 @@ def check_copartitioned(bootstrap: str, settings: Settings) -> int:
         raise TopicError(f"topics are not co-partitioned ({detail}); inputs and the state "
                          "changelog need the same partition count")
     return counts[settings.input_topics[0]]  # type: ignore[return-value]
+
+
+def historical_time_topics(bootstrap: str, settings: Settings) -> list[str]:
+    """Input topics that keep the producer's timestamp (not LogAppendTime): time-based retention
+    deletes a replayed historical log from them before a worker that is behind has read it.
+    Topics made by `topics create` never are; ones made by hand or by an older release may be."""
+    admin = kafka_client(KafkaAdminClient, bootstrap, kafka_client_options(settings),
+                         client_id="seqstream-topics")
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=["message.timestamp.type"])
+             for t in settings.input_topics], config_filter="all").get("topic", {})
+    finally:
+        admin.close()
+    return [t for t in settings.input_topics
+            if found.get(t, {}).get("message.timestamp.type", {}).get("value", "LogAppendTime")
+            != "LogAppendTime"]
+
+
+HISTORICAL_TIME_ADVICE = ("keep the producer's timestamp: a replayed historical log can be deleted "
+                          "by retention before it is read (kafka-configs --alter --add-config "
+                          "message.timestamp.type=LogAppendTime)")
 
 
 def delete_topics(bootstrap: str, settings: Settings) -> list[str]:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from stream.cli.common import add_common, settings_from
 from stream.kafka import resolve_bootstrap
-from stream.topics import check_copartitioned, create_topics
+from stream.topics import (HISTORICAL_TIME_ADVICE, check_copartitioned, create_topics,
+                           historical_time_topics)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"created {len(created)} topics on {bootstrap}: {', '.join(created) or '(all existed)'}")
     n = check_copartitioned(bootstrap, settings)
     print(f"inputs {', '.join(settings.input_topics)} are co-partitioned with {n} partitions")
+    stale = historical_time_topics(bootstrap, settings)
+    if stale:
+        print(f"warning: {', '.join(stale)} {HISTORICAL_TIME_ADVICE}", file=sys.stderr)
     return 0
 
 

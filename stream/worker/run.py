@@ -52,7 +52,7 @@ def run_worker(settings: Settings) -> int:
     from stream.churn import ChurnPolicy
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
-    from stream.topics import check_copartitioned
+    from stream.topics import HISTORICAL_TIME_ADVICE, check_copartitioned, historical_time_topics
     from stream.worker.agents import register_agents
     from stream.worker.app import create_app
     from stream.worker.pipeline import ScoringPipeline
@@ -65,6 +65,9 @@ def run_worker(settings: Settings) -> int:
     torch.set_num_threads(settings.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
     bootstrap = resolve_bootstrap(settings.broker)
     partitions = check_copartitioned(bootstrap, settings)
+    stale = historical_time_topics(bootstrap, settings)
+    if stale:
+        logging.getLogger("seqstream").warning("%s %s", ", ".join(stale), HISTORICAL_TIME_ADVICE)
     scoring = load_scoring_model(settings)
     wiring = create_app(settings, bootstrap, partitions)
     policy = ChurnPolicy(inactivity_ms=settings.churn_inactivity_ms,

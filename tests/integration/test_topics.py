@@ -45,3 +45,33 @@ def test_a_replication_factor_the_cluster_cannot_hold_is_one_line(kafka_bootstra
     with pytest.raises(TopicError, match="replication factor 3 is more than the cluster's brokers"):
         create_topics(kafka_bootstrap, settings, 1, replication_factor=3)
     delete_topics(kafka_bootstrap, settings)
+
+
+def test_input_topics_that_keep_the_producers_time_are_named(kafka_bootstrap, capsys):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from stream.cli.main import main
+    from stream.topics import historical_time_topics
+
+    settings = Settings(prefix=f"t{uuid.uuid4().hex[:8]}.", app_id=f"t{uuid.uuid4().hex[:8]}")
+    create_topics(kafka_bootstrap, settings, 1)
+    try:
+        assert historical_time_topics(kafka_bootstrap, settings) == []
+        # a topic made by hand (or by an older release) keeps CreateTime, the broker's default
+        click = settings.input_topics[0]
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin.delete_topics([click])
+        deadline = time.monotonic() + 30
+        while click in admin.list_topics() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        admin.create_topics([NewTopic(click, 1, 1)])
+        admin.close()
+        assert historical_time_topics(kafka_bootstrap, settings) == [click]
+        capsys.readouterr()
+        assert main(["topics", "check", "--broker", kafka_bootstrap, "--prefix", settings.prefix,
+                     "--app-id", settings.app_id]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {click} keep the producer's timestamp" in err
+    finally:
+        delete_topics(kafka_bootstrap, settings)
