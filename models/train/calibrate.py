@@ -173,7 +173,7 @@ def calibrate_successor_rank(model: SeqModel, data: SeqData, since_ts: float, ma
     with the best MRR@k (full ranking, ties against; ties between factors go to the smaller).
     Why not NLL: on the Taobao time slice a sharper successor term ranks new categories better
     (10x: like train co-occurrence counts), while held-out NLL rises from 3.8 at 1x to 10 at 8x;
-    and categories are only ever served as a ranking (BENCHMARKS.md, eighth and ninth rounds).
+    and categories are only ever served as a ranking (bench/history/BENCHMARKS-to-2026-11-25.md, eighth and ninth rounds).
     Run after `calibrate_fusion`, whose temperature it keeps."""
     if model.cat_succ_w is None:
         return {}

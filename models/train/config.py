@@ -16,7 +16,7 @@ class TrainConfig:
     # logs of short sessions (the Taobao time slice: median 1 event per user) would otherwise
     # train on ~16 events per update (430-730 events/s there; 3.3k with 256). Histories of 32+
     # events keep `batch` users. 0 = off. 512 halves the updates on taobao_users (item MRR@20
-    # 0.236); 256 and 128 score like off there (BENCHMARKS.md).
+    # 0.236); 256 and 128 score like off there (bench/history/BENCHMARKS-to-2026-11-25.md).
     batch_events: int = 256
     bptt: int = 64  # steps per truncated-BPTT chunk
     negatives: int = 512  # shared sampled negatives per chunk (plus in-batch targets)
