@@ -265,12 +265,18 @@ def test_ranker_on_evaluation_protocol():
     r.learn(data, data.test_idx_in_time_order()[:50])  # online hook runs
 
 
-def test_cli_train_writes_checkpoint(tmp_path, capsys):
+def _planted_log_and_train_parser(tmp_path):
+    """A small planted log as jsonl, and the `seqstream train` argument parser."""
     from models.datasets.dump import write_jsonl
     log = tmp_path / "log.jsonl"
     write_jsonl(planted_events(10, 15, seed=5), log)
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
+    return log, parser
+
+
+def test_cli_train_writes_checkpoint(tmp_path, capsys):
+    log, parser = _planted_log_and_train_parser(tmp_path)
     out = tmp_path / "m.pt"
     args = parser.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "1",
                               "--hidden", "16", "--no-progress", "--version", "3"])
@@ -477,12 +483,8 @@ def test_predict_at_returns_only_the_outputs_asked_for():
 
 def test_cli_evaluate_scores_a_trained_checkpoint(tmp_path, capsys):
     """`seqstream evaluate --model PATH` loads the checkpoint (it used to fail with "fit first")."""
-    from models.datasets.dump import write_jsonl
     from stream.cli.evaluate import add_evaluate_arguments, run_evaluate_command
-    log = tmp_path / "log.jsonl"
-    write_jsonl(planted_events(10, 15, seed=5), log)
-    train = argparse.ArgumentParser()
-    add_train_arguments(train)
+    log, train = _planted_log_and_train_parser(tmp_path)
     out = tmp_path / "m.pt"
     assert run_train_command(train.parse_args([str(log), "--format", "jsonl", "--out", str(out), "--epochs", "1",
                                                "--hidden", "16", "--no-progress"])) == 0
