@@ -13,7 +13,10 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint from `seqstream train`")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-max", type=int, default=None, help="micro-batch size (default 512)")
-    p.add_argument("--batch-wait-ms", type=int, default=None, help="micro-batch wait (default 20)")
+    p.add_argument("--batch-wait-ms", type=int, default=None,
+                   help="longest wait after a micro-batch's first event (default 20)")
+    p.add_argument("--batch-idle-ms", type=int, default=None,
+                   help="close a micro-batch once nothing new came for this long (default 1)")
     p.add_argument("--top-k", type=int, default=None, help="next items per prediction (default 20)")
     p.add_argument("--ring", type=int, default=None,
                    help="events kept per user (default: the ring the model was trained with)")

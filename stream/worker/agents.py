@@ -1,6 +1,6 @@
 """The worker's faust agents and timers, registered on the app: thin wrappers over the pipeline.
 
-- score: micro-batches from the three input topics (`take_events`) -> ScoringPipeline.process
+- score: micro-batches from the three input topics (`take_ready`, stream/worker/batching.py) -> ScoringPipeline.process
 - churn-commands: the sweep's commands, applied by the table's owner (timers cannot write tables)
 - timers: release buffered events on a quiet stream, the churn sweep, unsticking lost fetches,
   the metrics report, the health checks' progress sample; the web pages (stream/worker/web.py)
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from stream.worker.app import Wiring
+from stream.worker.batching import take_ready
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.web import register_pages
 
@@ -22,8 +23,8 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
 
     @app.agent(wiring.source, name=f"{settings.app_id}-score")
     async def score(stream):  # noqa: ANN001 - faust's stream type
-        within = settings.batch_wait_ms / 1000.0
-        async for batch in stream.take_events(settings.batch_max, within=within):
+        async for batch in take_ready(stream, settings.batch_max, settings.batch_wait_ms / 1000.0,
+                                      settings.batch_idle_ms / 1000.0):
             try:
                 await pipeline.process(batch)
             except Exception:

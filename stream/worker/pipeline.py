@@ -1,12 +1,12 @@
 """The batch flow of the scoring agent: decode -> order -> state -> score -> outputs.
 
-Per micro-batch (from `take_events`, bounded size and wait): decode and validate (bad input ->
+Per micro-batch (from `take_ready`, stream/worker/batching.py: bounded size and wait): decode and validate (bad input ->
 dead-letter), park valid events in the reorder buffer (stream/ordering.py) until no earlier event
 can still arrive from the other input topics, read each released user's state from the table
 (stream/worker/store.py), score in a single-thread executor (torch blocks), then write states and
 send predictions back on the event loop.
 
-`take_events` acks a batch when the next one is requested; a parked event holds one more
+`take_ready` acks a batch when the next one is requested; a parked event holds one more
 reference on its message (`incref`) so its offset is not committed before it is scored.
 
 Extensions (online learning) attach through public hooks: `add_extension`, `add_batch_hook`
