@@ -10,7 +10,7 @@ For each pipeline (the faust worker, and a bare aiokafka loop doing the same wor
   hardly moves when the machine's speed drifts, and 2 cores / (CPU per event) bounds the rate.
 
     python bench/bench_pipeline.py [--events 60000] [--rate 2000] [--seconds 20] [--repeat 3]
-                                   [--worker-args=--no-online]
+                                   [--producer-linger-ms 10] [--worker-args=--no-online]
 
 Uses SEQSTREAM_BROKER if set, else starts the embedded broker. A 10,000-item catalogue, top-20,
 H=64. Prints a markdown table; medians over --repeat runs.
@@ -72,8 +72,9 @@ def event_stream(seed: int):
                        0, category_id=rng.randrange(200))
 
 
-def produce(bootstrap: str, settings: Settings, n: int, rate: float | None, seed: int) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, batch_size=256 * 1024)
+def produce(bootstrap: str, settings: Settings, n: int, rate: float | None, seed: int,
+            linger_ms: int = 10) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=256 * 1024)
     start = time.monotonic()
     for i, ev in enumerate(event_stream(seed)):
         if i >= n:
@@ -187,7 +188,8 @@ def one_run(kind: str, bootstrap: str, model: Path, args: argparse.Namespace, se
             # fixed rate: offered load with event time = send time, measured by the same
             # (already running) collector
             n_fixed = int(args.rate * args.seconds)
-            t = threading.Thread(target=produce, args=(bootstrap, settings, n_fixed, args.rate, seed + 1))
+            t = threading.Thread(target=produce, args=(bootstrap, settings, n_fixed, args.rate, seed + 1,
+                                                         args.producer_linger_ms))
             t.start()
             fixed = collector.take(n_fixed, args.seconds + args.timeout)
             t.join()
@@ -214,6 +216,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--timeout", type=float, default=180.0)
     p.add_argument("--kinds", default="faust,plain")
+    p.add_argument("--producer-linger-ms", type=int, default=10,
+                   help="the fixed-rate producer's linger: part of the measured latency (0: a "
+                        "latency-minded producer)")
     p.add_argument("--worker-args", default="",
                    help="extra `seqstream worker` arguments, e.g. --worker-args=--no-online")
     args = p.parse_args()

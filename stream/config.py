@@ -44,6 +44,7 @@ class Settings:
     batch_max: int = 512  # micro-batch: at most this many events...
     batch_wait_ms: int = 20  # ...or this long after the first one...
     batch_idle_ms: int = 1  # ...or once nothing new came for this long (stream/worker/batching.py)
+    producer_linger_ms: int = 5  # outputs and changelog: batch sends this long (latency vs requests)
     top_k: int = 20
     ring: int = 0  # L: events kept per user; 0 = the length the model was trained with
     max_value_bytes: int = 64 * 1024
@@ -125,6 +126,8 @@ class Settings:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_max}")
         if self.batch_wait_ms < 1:
             raise ConfigError(f"batch wait must be at least 1 ms, got {self.batch_wait_ms}")
+        if not 0 <= self.producer_linger_ms <= 1000:
+            raise ConfigError(f"producer linger must be 0-1000 ms, got {self.producer_linger_ms}")
         if not 1 <= self.batch_idle_ms <= self.batch_wait_ms:
             raise ConfigError(f"batch idle must be between 1 ms and the batch wait "
                               f"({self.batch_wait_ms} ms), got {self.batch_idle_ms}")

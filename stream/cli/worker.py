@@ -17,6 +17,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="longest wait after a micro-batch's first event (default 20)")
     p.add_argument("--batch-idle-ms", type=int, default=None,
                    help="close a micro-batch once nothing new came for this long (default 1)")
+    p.add_argument("--producer-linger-ms", type=int, default=None,
+                   help="how long output and changelog sends are batched (default 5)")
     p.add_argument("--top-k", type=int, default=None, help="next items per prediction (default 20)")
     p.add_argument("--ring", type=int, default=None,
                    help="events kept per user (default: the ring the model was trained with)")
