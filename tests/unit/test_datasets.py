@@ -124,7 +124,7 @@ def test_gzip_transparent(tmp_path):
 
 BAD_FILES = {
     # fmt: (file content, expected bad line numbers, expected good rows)
-    "taobao": ("1,10,100,pv,1\n1,x,100,pv,2\n1,10,100,zz,3\n1,10\n1,11,100,buy,4\n", [2, 3, 4], [0, 4]),
+    "taobao": ("1,10,100,pv,1\n1,,100,pv,2\n1,10,100,zz,3\n1,10\n1,11,100,buy,4\n", [2, 3, 4], [0, 4]),
     "retailrocket": (
         "timestamp,visitorid,event,itemid,transactionid\n1,1,view,5,\n2,1,jump,5,\n3,1,view,5\n4,1,view,6,\n",
         [3, 4],
@@ -134,7 +134,7 @@ BAD_FILES = {
         "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
         "2019-10-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n"
         "2019-13-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n"
-        "2019-10-01 00:00:00 UTC,view,one,2,,,1.0,3,s\n"
+        "2019-10-01 00:00:00 UTC,view,,2,,,1.0,3,s\n"
         "2019-10-01 00:00:09 UTC,cart,1,2,,,1.0,3,s\n",
         [3, 4],
         [0, 3],
@@ -197,7 +197,7 @@ def test_msgpack_bad_objects(tmp_path):
 
 
 def test_error_report_keeps_first_n(tmp_path):
-    p = _write(tmp_path, "t.csv", "".join(f"1,x,1,pv,{i}\n" for i in range(50)))
+    p = _write(tmp_path, "t.csv", "".join(f"1,,1,pv,{i}\n" for i in range(50)))
     report = ErrorReport(max_messages=3)
     assert list(read_events(p, "taobao", errors=report)) == []
     assert report.count == 50 and len(report.messages) == 3
