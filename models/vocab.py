@@ -6,7 +6,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from models.config import UNKNOWN
-from models.ids import Id, IdLabels, id_key
+from models.ids import Id, IdLabels, id_key, normalize_id
 
 
 class Vocab:
@@ -51,9 +51,9 @@ class Vocab:
 
     @classmethod
     def of_ids(cls, ids: Iterable[Id], capacity: int) -> "Vocab":
-        """A vocabulary of normalised ids (ints and strings), in the order given."""
+        """A vocabulary of ids (ints and strings, normalised here), in the order given."""
         labels = IdLabels()
-        return cls([labels.key(i) for i in ids], capacity, labels)
+        return cls([labels.key(normalize_id(i, "id")) for i in ids], capacity, labels)
 
 
     def __len__(self) -> int:
@@ -68,9 +68,9 @@ class Vocab:
         hit = self._sorted[pos] == raw
         return np.where(hit, self._order[pos] + 2, UNKNOWN).astype(np.int64)
 
-    def index_ids(self, ids: Iterable[Id]) -> np.ndarray:
-        """Indices of normalised ids (ints and strings)."""
-        return self.index(np.fromiter((id_key(i) for i in ids), dtype=np.int64))
+    def index_ids(self, ids: Iterable[Any]) -> np.ndarray:
+        """Indices of ids as sent (ints and strings, normalised here: "42" is 42)."""
+        return self.index(np.fromiter((id_key(normalize_id(i, "id")) for i in ids), dtype=np.int64))
 
     def ids_of(self, indices: np.ndarray) -> list:
         """The ids of indices as nested lists (the shape of `indices`): ints stay ints, string
