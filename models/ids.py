@@ -16,7 +16,7 @@ string is mapped to a 63-bit blake2b hash placed in the negative range [-2**63, 
 never collide with an integer id nor with -1 (the "no category" sentinel). String keys are
 labelled back to their text by `IdLabels` (the vocabulary keeps the labels of its ids, and
 predictions echo them). Two distinct strings with one key would be confused, so `IdLabels`
-refuses them with an error (for 10^7 string ids the chance is about 1 in 10^5).
+refuses them with an error (for 10^7 string ids the chance is about 1 in 200,000).
 """
 from __future__ import annotations
 
