@@ -54,12 +54,14 @@ class EventTable:
         if progress:
             it = tqdm(events, desc="reading", unit=" ev", file=sys.stderr, disable=None, leave=False)
         for ev in it:
-            user.append(key(ev.user_id))
-            item.append(key(ev.item_id))
-            if ev.category_id is None:
+            # integers are their own keys: checked inline, the common case costs no call
+            u, i, c = ev.user_id, ev.item_id, ev.category_id
+            user.append(u if type(u) is int else key(u))
+            item.append(i if type(i) is int else key(i))
+            if c is None:
                 cat.append(-1)
             else:
-                cat.append(key(ev.category_id))
+                cat.append(c if type(c) is int else key(c))
                 any_cat = True
             act.append(ACTION_INDEX[ev.action])
             ts_ms.append(ev.ts_ms)
