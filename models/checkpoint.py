@@ -38,14 +38,18 @@ def save_checkpoint(path: str | Path, model: SeqModel, item_vocab: Vocab, catego
         "meta": dict(meta),
         "config": asdict(model.cfg),
         "state_dict": state,
-        "item_vocab": {"capacity": item_vocab.capacity, "ids": torch.from_numpy(item_vocab.ids.copy())},
-        "category_vocab": {"capacity": category_vocab.capacity,
-                           "ids": torch.from_numpy(category_vocab.ids.copy())},
+        "item_vocab": _vocab_blob(item_vocab),
+        "category_vocab": _vocab_blob(category_vocab),
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     tmp.replace(path)  # atomic: readers never see half a checkpoint
+
+
+def _vocab_blob(vocab: Vocab) -> dict[str, Any]:
+    return {"capacity": vocab.capacity, "ids": torch.from_numpy(vocab.ids.copy()),
+            "labels": vocab.label_list()}
 
 
 LEGACY_CONFIG = {"copy_decay": False, "copy_transitions": False, "cat_successors": 0, "cat_history_first": False}
@@ -67,7 +71,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None) 
     if device is None:
         device = resolve_device()
     model.to(device)
-    vocab = lambda d: Vocab(d["ids"].numpy().astype(np.int64), int(d["capacity"]))  # noqa: E731
+    # "labels" (the text of string ids) came with string ids; older checkpoints have none
+    vocab = lambda d: Vocab.from_parts(d["ids"].numpy().astype(np.int64), int(d["capacity"]),  # noqa: E731
+                                       d.get("labels"))
     return Checkpoint(model, vocab(blob["item_vocab"]), vocab(blob["category_vocab"]),
                       int(blob["version"]), dict(blob["meta"]), cfg)
 

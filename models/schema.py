@@ -16,11 +16,11 @@ class LogEvent:
     when the source has no categories.
     """
 
-    user_id: int
-    item_id: int
+    user_id: int | str  # ids are normalised by models/ids.py (normalize_id)
+    item_id: int | str
     action: str
     ts_ms: int
-    category_id: int | None = None
+    category_id: int | str | None = None
     session_id: int | None = None
     row: int = 0
     flag: str | None = None  # source-specific marker, e.g. "fav" mapped to click

@@ -30,7 +30,7 @@ from stream.events import encode_value, input_topic, user_key
 from stream.kafka import explicit_bootstrap, kafka_client, kafka_client_options, security_settings
 
 MALFORMED = [b"\xc1 not msgpack", msgpack.packb([1, 2, 3]),
-             msgpack.packb({"user_id": 1, "item_id": "x", "ts": 1})]
+             msgpack.packb({"user_id": 1, "item_id": "", "ts": 1})]  # an empty id: bad-type
 
 
 @dataclass

@@ -3,7 +3,10 @@ prediction message the worker publishes.
 
 Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
 time, ms since epoch) are required; `category_id`, `session_id`, `price` and `quantity` are
-optional; unknown fields are kept but ignored. The key is the user id as decimal ASCII.
+optional; unknown fields are kept but ignored. `user_id`, `item_id` and `category_id` are
+integers or strings of at most 128 UTF-8 bytes, normalised by models/ids.py (`normalize_id`: a
+canonical decimal string is that integer, so "541312140" and 541312140 are one id). The key is
+the canonical user id as text: decimal ASCII for an integer, the UTF-8 string otherwise.
 The topic names the action.
 
 Predictions go out keyed by the same user key, one msgpack map per scored event
@@ -17,6 +20,7 @@ from typing import Any, Sequence
 
 import msgpack
 
+from models.ids import BadId, Id, normalize_id
 from models.schema import ACTIONS, LogEvent
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -47,11 +51,11 @@ class Reason:
 class Event:
     """A validated input event, with where it came from."""
 
-    user_id: int
-    item_id: int
+    user_id: Id  # normalised (models/ids.py): an int, or a string that is not canonical decimal
+    item_id: Id
     action: str
     ts: int  # event time, ms since epoch
-    category_id: int | None = None
+    category_id: Id | None = None
     session_id: int | None = None
     price: float | None = None
     quantity: int | None = None
@@ -74,16 +78,24 @@ class Invalid:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def user_key(user_id: int) -> bytes:
+def user_key(user_id: Id) -> bytes:
+    """The message/table key of a normalised user id: its text, UTF-8."""
+    if type(user_id) is str:
+        return user_id.encode("utf-8")  # type: ignore[union-attr]
     return str(int(user_id)).encode("ascii")
 
 
+def _wire_id(ident: Id) -> Id:
+    return ident if type(ident) is str else int(ident)
+
+
 def encode_value(ev: LogEvent | Event) -> bytes:
-    """The msgpack value for an input topic (the action is the topic, so it is not included)."""
-    body: dict[str, Any] = {"user_id": int(ev.user_id), "item_id": int(ev.item_id),
+    """The msgpack value for an input topic (the action is the topic, so it is not included).
+    Ids go out in their own type: a string SKU stays a string."""
+    body: dict[str, Any] = {"user_id": _wire_id(ev.user_id), "item_id": _wire_id(ev.item_id),
                             "ts": int(ev.ts_ms if isinstance(ev, LogEvent) else ev.ts)}
     if ev.category_id is not None:
-        body["category_id"] = int(ev.category_id)
+        body["category_id"] = _wire_id(ev.category_id)
     if ev.session_id is not None:
         body["session_id"] = int(ev.session_id)
     for name in ("price", "quantity"):
@@ -120,6 +132,21 @@ def _int_field(body: dict, name: str, required: bool) -> int | None:
     return value
 
 
+def _id_field(body: dict, name: str, required: bool) -> Id | None:
+    value = body.get(name)
+    if value is None:
+        if not required:
+            return None  # an optional id sent as nil means "none", like leaving it out
+        if name not in body:
+            raise _Bad(Reason.MISSING_FIELD, f"field {name!r} is required")
+        # a required id sent as nil is a producer bug in the value, not a missing field
+        raise _Bad(Reason.BAD_TYPE, f"field {name!r} must be an integer or a string, got None")
+    try:
+        return normalize_id(value, name)
+    except BadId as bad:
+        raise _Bad(Reason.BAD_TYPE, str(bad)) from None
+
+
 class _Bad(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -148,14 +175,14 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
     if not isinstance(body, dict):
         return invalid(Reason.NOT_A_MAP, f"value is a msgpack {type(body).__name__}, not a map")
     try:
-        user_id = _int_field(body, "user_id", True)
-        item_id = _int_field(body, "item_id", True)
+        user_id = _id_field(body, "user_id", True)
+        item_id = _id_field(body, "item_id", True)
         ts = body.get("ts")
         if ts is None:
             raise _Bad(Reason.MISSING_FIELD, "field 'ts' is required")
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise _Bad(Reason.BAD_TYPE, f"field 'ts' must be an integer, got {type(ts).__name__}")
-        category_id = _int_field(body, "category_id", False)
+        category_id = _id_field(body, "category_id", False)
         session_id = _int_field(body, "session_id", False)
         quantity = _int_field(body, "quantity", False)
         price = body.get("price")
@@ -169,7 +196,7 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
                        f"ts {ts} is outside 2000..2100 in ms since epoch (seconds by mistake?)")
     if key is None or key != user_key(user_id):
         shown = key.decode("utf-8", "replace")[:40] if key is not None else None
-        return invalid(Reason.KEY_MISMATCH, f"key {shown!r} does not match user_id {user_id}")
+        return invalid(Reason.KEY_MISMATCH, f"key {shown!r} does not match user_id {user_id!r}")
     return Event(user_id, item_id, action, ts, category_id, session_id,
                  float(price) if price is not None else None, quantity, topic, partition, offset)
 
@@ -199,11 +226,11 @@ def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:
 class Prediction:
     """What the worker publishes for one event (see DESIGN.md's prediction message)."""
 
-    user_id: int
+    user_id: Id
     event: Event
     model_version: int
     next_action: dict[str, float]
-    next_items: list[tuple[int, float]]
+    next_items: list[tuple[Id, float]]  # item ids in the catalogue's own type (Vocab.ids_of)
     churn_risk: float
     late: bool
     user_events: int  # the user's event count after this event: state continuity

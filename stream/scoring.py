@@ -18,6 +18,7 @@ import torch
 from models.checkpoint import Checkpoint
 from models.config import GAP_FIRST
 from models.gru import SeqModel
+from models.ids import id_key
 from models.ring import Recent, gap_bucket
 from models.vocab import Vocab
 from models.schema import ACTION_INDEX, ACTIONS
@@ -182,7 +183,9 @@ class Scorer:
                 continue
             kept.append(pos)
             self._refresh_if_stale(st)
-            entry = RingEntry(ev.item_id, ev.category_id if ev.category_id is not None else -1,
+            # the ring holds int64 id keys (models/ids.py); predictions name ids via Vocab.ids_of
+            entry = RingEntry(id_key(ev.item_id),
+                              id_key(ev.category_id) if ev.category_id is not None else -1,
                               action, ev.ts, ev.offset)
             prevs.append(st.last_entry.ts if st.last_entry is not None else st.anchor_ts)
             churn_msgs.append(on_event(st, ev.ts, self.churn, self.scoring.version))
@@ -223,11 +226,12 @@ class Scorer:
         action_p = np.round(torch.softmax(action_logits, dim=-1).cpu().numpy(), 6).tolist()
         churn = torch.sigmoid(churn_logit).cpu().numpy()
         churn_l = np.round(churn, 6).tolist()
-        raw = self.scoring.items.raw(indices.cpu().numpy().reshape(-1)).reshape(indices.shape)
+        # ids in the catalogue's own type: ints, or the strings it was trained with
+        raw_l = self.scoring.items.ids_of(indices.cpu().numpy())
         scores = values.cpu().numpy()
         finite = np.isfinite(scores)
         all_finite = finite.all(1).tolist()
-        raw_l, scores_l = raw.tolist(), np.round(scores, 6).tolist()
+        scores_l = np.round(scores, 6).tolist()
         version = self.scoring.version
         for row, pos in enumerate(positions):
             ev = events[pos]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from models.ids import BadId, Id, normalize_id
+
 
 OnError = Literal["skip", "stop"]
 
@@ -72,6 +74,27 @@ def parse_opt_int(value: Any, name: str) -> int | None:
     if value is None or value == "":
         return None
     return parse_int(value, name)
+
+
+def parse_id(value: Any, name: str) -> Id:
+    """A user/item/category id, normalised as on the wire (models/ids.py: an int, or a string of
+    at most 128 UTF-8 bytes; a canonical decimal string is that int). Files are a little more
+    lenient than the wire, as before string ids: surrounding whitespace is stripped (CSV
+    padding) and an integral float (a JSON 5.0) is that integer."""
+    if isinstance(value, str):
+        value = value.strip()
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        return normalize_id(value, name)
+    except BadId as bad:
+        raise RowError(str(bad)) from None
+
+
+def parse_opt_id(value: Any, name: str) -> Id | None:
+    if value is None or value == "":
+        return None
+    return parse_id(value, name)
 
 
 def open_text(path: Path) -> IO[str]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from models.datasets.common import RowError, open_binary, open_text, parse_int, parse_opt_int
+from models.datasets.common import RowError, open_binary, open_text, parse_id, parse_int, parse_opt_id, parse_opt_int
 from models.schema import ACTIONS, LogEvent
 
 
@@ -24,11 +24,11 @@ def event_from_mapping(obj: Any, row: int) -> LogEvent:
     if flag is not None and not isinstance(flag, str):
         raise RowError(f"flag must be a string, got {flag!r}")
     return LogEvent(
-        user_id=parse_int(obj["user_id"], "user_id"),
-        item_id=parse_int(obj["item_id"], "item_id"),
+        user_id=parse_id(obj["user_id"], "user_id"),
+        item_id=parse_id(obj["item_id"], "item_id"),
         action=action,
         ts_ms=parse_int(obj["ts"], "ts"),
-        category_id=parse_opt_int(obj.get("category_id"), "category_id"),
+        category_id=parse_opt_id(obj.get("category_id"), "category_id"),
         session_id=parse_opt_int(obj.get("session_id"), "session_id"),
         row=row,
         flag=flag,

@@ -5,7 +5,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.datasets.common import RowError, open_text, parse_int
+from models.datasets.common import RowError, open_text, parse_id, parse_int
 from models.schema import LogEvent
 
 
@@ -39,7 +39,7 @@ def otto_rows(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
                         raise RowError(f"unknown type {kind!r}")
                     yield line_no, row, LogEvent(
                         user_id=session,
-                        item_id=parse_int(ev.get("aid"), "aid"),
+                        item_id=parse_id(ev.get("aid"), "aid"),
                         action=action,
                         ts_ms=parse_int(ev.get("ts"), "ts"),
                         session_id=session,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
-from models.datasets.common import RowError, csv_with_header, parse_int, parse_opt_int
+from models.datasets.common import RowError, csv_with_header, parse_id, parse_opt_id
 from models.schema import LogEvent
 
 
@@ -69,11 +69,11 @@ def rees46_rows(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
                 raise RowError(f"unknown event_type {event!r}")
             session = rec[col["user_session"]].strip()
             yield reader.line_num, row, LogEvent(
-                user_id=parse_int(rec[col["user_id"]], "user_id"),
-                item_id=parse_int(rec[col["product_id"]], "product_id"),
+                user_id=parse_id(rec[col["user_id"]], "user_id"),
+                item_id=parse_id(rec[col["product_id"]], "product_id"),
                 action=mapped[0],
                 ts_ms=_rees46_ts_ms(rec[col["event_time"]]),
-                category_id=parse_opt_int(rec[col["category_id"]], "category_id"),
+                category_id=parse_opt_id(rec[col["category_id"]], "category_id"),
                 session_id=session_id_from_string(session) if session else None,
                 row=row,
                 flag=mapped[1],

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.datasets.common import RowError, csv_with_header, parse_int
+from models.datasets.common import RowError, csv_with_header, parse_id, parse_int
 from models.schema import LogEvent
 
 
@@ -22,8 +22,8 @@ def retailrocket_rows(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
             if action is None:
                 raise RowError(f"unknown event {event!r}")
             yield reader.line_num, row, LogEvent(
-                user_id=parse_int(rec[col["visitorid"]], "visitorid"),
-                item_id=parse_int(rec[col["itemid"]], "itemid"),
+                user_id=parse_id(rec[col["visitorid"]], "visitorid"),
+                item_id=parse_id(rec[col["itemid"]], "itemid"),
                 action=action,
                 ts_ms=parse_int(rec[col["timestamp"]], "timestamp"),
                 row=row,

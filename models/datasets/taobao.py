@@ -5,7 +5,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.datasets.common import RowError, open_text, parse_int
+from models.datasets.common import RowError, open_text, parse_id, parse_int
 from models.schema import LogEvent
 
 
@@ -33,11 +33,11 @@ def taobao_rows(path: Path) -> Iterator[tuple[int, int, LogEvent | str]]:
                 if mapped is None:
                     raise RowError(f"unknown behavior {behavior!r}")
                 yield reader.line_num, row, LogEvent(
-                    user_id=parse_int(rec[0], "user_id"),
-                    item_id=parse_int(rec[1], "item_id"),
+                    user_id=parse_id(rec[0], "user_id"),
+                    item_id=parse_id(rec[1], "item_id"),
                     action=mapped[0],
                     ts_ms=parse_int(rec[4], "timestamp") * 1000,
-                    category_id=parse_int(rec[2], "category_id"),
+                    category_id=parse_id(rec[2], "category_id"),
                     row=row,
                     flag=mapped[1],
                 )

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from models.ids import IdLabels
 from models.schema import ACTION_INDEX, ACTIONS, LogEvent
 
 
@@ -27,7 +28,8 @@ BoolArray = npt.NDArray[np.bool_]
 class EventTable:
     """All events of a log as columns, stable-sorted by (user, ts, row). Nothing is filtered.
 
-    `category` is -1 where the source has no category (`has_category` tells whether any has)."""
+    `category` is -1 where the source has no category (`has_category` tells whether any has).
+    Ids are int64 keys (models/ids.py): string ids are negative keys named by `labels`."""
 
     user: IntArray
     item: IntArray
@@ -36,6 +38,7 @@ class EventTable:
     ts: FloatArray  # seconds, UTC
     row: IntArray
     has_category: bool
+    labels: IdLabels = field(default_factory=IdLabels)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -45,16 +48,20 @@ class EventTable:
         # array('q') keeps ~8 bytes per field while streaming: no list of LogEvent objects.
         user, item, cat, act, ts_ms, row = (array("q") for _ in range(6))
         any_cat = False
+        labels = IdLabels()
+        key = labels.key
         it: Iterable[LogEvent] = events
         if progress:
             it = tqdm(events, desc="reading", unit=" ev", file=sys.stderr, disable=None, leave=False)
         for ev in it:
-            user.append(ev.user_id)
-            item.append(ev.item_id)
-            if ev.category_id is None:
+            # integers are their own keys: checked inline, the common case costs no call
+            u, i, c = ev.user_id, ev.item_id, ev.category_id
+            user.append(u if type(u) is int else key(u))
+            item.append(i if type(i) is int else key(i))
+            if c is None:
                 cat.append(-1)
             else:
-                cat.append(ev.category_id)
+                cat.append(c if type(c) is int else key(c))
                 any_cat = True
             act.append(ACTION_INDEX[ev.action])
             ts_ms.append(ev.ts_ms)
@@ -71,6 +78,7 @@ class EventTable:
             ts=t[order],
             row=r[order],
             has_category=any_cat,
+            labels=labels,
         )
 
 
@@ -103,6 +111,7 @@ class EvalData:
     user_next_test_ts: FloatArray  # per user: first (unfiltered) event with ts >= q, inf if none
     n_removed: int  # test events dropped because their target is not in V
     train_action_freq: FloatArray = field(default_factory=lambda: np.full(len(ACTIONS), 1 / len(ACTIONS)))
+    labels: IdLabels = field(default_factory=IdLabels)  # text of the string ids' keys
 
     @property
     def n_V(self) -> int:
@@ -202,4 +211,5 @@ def build_eval_data(table: EventTable, target: Target) -> EvalData:
         user_next_test_ts=next_test,
         n_removed=n_removed,
         train_action_freq=freq / max(freq.sum(), 1.0),
+        labels=table.labels,
     )

@@ -31,7 +31,7 @@ MAX_SAMPLE_EVENTS = 1000  # the ring is at most 1000 long (Settings.validate)
 class Sample:
     """Context + target of one user, oldest -> newest; the last entry is the target."""
 
-    user_id: int
+    user_id: int | str
     items: tuple[int, ...]
     categories: tuple[int, ...]  # -1: no category
     actions: tuple[int, ...]  # indices into ACTIONS
@@ -47,12 +47,13 @@ class Sample:
         return (self.ts_ms[-1] - self.ts_ms[-2]) / 1000.0
 
 
-def encode_sample(user_id: int, items: Sequence[int], categories: Sequence[int],
+def encode_sample(user_id: int | str, items: Sequence[int], categories: Sequence[int],
                   actions: Sequence[int], ts_ms: Sequence[int], model_version: int = -1) -> bytes:
     """Compact msgpack: times delta-encoded, actions as bytes (about 4-6 bytes per event)."""
     ts = list(ts_ms)
     deltas = [ts[0]] + [b - a for a, b in zip(ts, ts[1:])] if ts else []
-    return msgpack.packb({"f": SAMPLE_FORMAT, "u": int(user_id), "i": list(items),
+    user = user_id if type(user_id) is str else int(user_id)  # string user ids stay strings
+    return msgpack.packb({"f": SAMPLE_FORMAT, "u": user, "i": list(items),
                           "c": list(categories), "a": bytes(actions), "t": deltas,
                           "v": int(model_version)}, use_bin_type=True)
 
@@ -77,7 +78,8 @@ def decode_sample(data: bytes) -> Sample:
         if not all(type(x) is int for x in deltas) or min(deltas[1:]) < 0:
             raise ValueError("bad times (must be event-time ordered)")
         ts = np.cumsum(np.asarray(deltas, dtype=np.int64)).tolist()
-        return Sample(int(d["u"]), tuple(items), tuple(cats), tuple(acts), tuple(ts),
+        user = d["u"] if type(d["u"]) is str else int(d["u"])  # string user ids stay strings
+        return Sample(user, tuple(items), tuple(cats), tuple(acts), tuple(ts),
                       int(d.get("v", -1)))
     except (KeyError, TypeError, OverflowError) as exc:
         raise ValueError(f"bad sample: {type(exc).__name__}") from None

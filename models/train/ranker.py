@@ -62,7 +62,7 @@ class GRURanker:
         if key not in self._cache:
             seed_everything(self.cfg.seed)
             tr = data.is_train
-            model, iv, cv = build_model(data.item[tr], data.category[tr], self.cfg)
+            model, iv, cv = build_model(data.item[tr], data.category[tr], self.cfg, data.labels)
             model.to(resolve_device(self.cfg.device))
             seq = make_seqdata(data.user[tr], iv.index(data.item[tr]), cv.index(data.category[tr]),
                                data.action[tr].astype(np.int64), data.ts[tr], data.row[tr])

@@ -20,12 +20,15 @@ from models.train.calibrate import fit_calibrated
 from models.train.config import TrainConfig
 from models.train.fit import seed_everything
 from models.train.sequences import events_to_arrays, make_seqdata
+from models.ids import IdLabels
 from models.vocab import Vocab
 
 
-def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig) -> tuple[SeqModel, Vocab, Vocab]:
-    iv = Vocab.build(data_items, cfg.max_items)
-    cv = Vocab.build(data_cats[data_cats >= 0], cfg.max_categories)
+def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig,
+                labels: IdLabels | None = None) -> tuple[SeqModel, Vocab, Vocab]:
+    # ids are int64 keys; string ids are negative keys named by `labels` (-1 = no category)
+    iv = Vocab.build(data_items, cfg.max_items, labels)
+    cv = Vocab.build(data_cats[data_cats != -1], cfg.max_categories, labels)
     mc = ModelConfig(n_items=len(iv), n_categories=len(cv), hidden=cfg.hidden, emb=cfg.emb,
                      ring=cfg.ring, dropout=cfg.dropout, copy_ids=cfg.copy_ids,
                      copy_context=cfg.copy_context, fusion=cfg.fusion, copy_decay=cfg.copy_decay,
@@ -36,7 +39,7 @@ def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig)
     if cfg.pop_prior:
         with torch.no_grad():
             for bias, counts in ((model.item_bias, np.bincount(iv.index(data_items), minlength=len(iv))),
-                                 (model.cat_bias, np.bincount(cv.index(data_cats[data_cats >= 0]),
+                                 (model.cat_bias, np.bincount(cv.index(data_cats[data_cats != -1]),
                                                               minlength=len(cv)))):
                 bias[: len(counts)] = torch.as_tensor(np.log1p(counts), dtype=bias.dtype)
     return model, iv, cv
@@ -45,10 +48,11 @@ def build_model(data_items: np.ndarray, data_cats: np.ndarray, cfg: TrainConfig)
 def train_model(events: Iterable[LogEvent], cfg: TrainConfig) -> Checkpoint:
     """Build vocabularies and a model from LogEvents and train it; returns the checkpoint (v1)."""
     seed_everything(cfg.seed)
-    a = events_to_arrays(events)
+    labels = IdLabels()
+    a = events_to_arrays(events, labels)
     if len(a["item"]) < 2:
         raise ValueError("need at least two events to train")
-    model, iv, cv = build_model(a["item"], a["cat"], cfg)
+    model, iv, cv = build_model(a["item"], a["cat"], cfg, labels)
     model.to(resolve_device(cfg.device))
     data = make_seqdata(a["user"], iv.index(a["item"]), cv.index(a["cat"]), a["action"], a["ts"], a["row"])
     data_end, n_events, n_users = float(data.ts.max()), len(data), len(data.users)

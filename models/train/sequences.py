@@ -7,6 +7,7 @@ from typing import Iterable
 
 import numpy as np
 
+from models.ids import IdLabels
 from models.schema import ACTION_INDEX, LogEvent
 from models.train.config import TrainConfig
 
@@ -40,13 +41,15 @@ class SeqData:
         return len(self.items)
 
 
-def events_to_arrays(events: Iterable[LogEvent]) -> dict[str, np.ndarray]:
-    """Raw columns of LogEvents: user, item, category (-1 if none), action index, ts_s, row."""
+def events_to_arrays(events: Iterable[LogEvent], labels: IdLabels | None = None) -> dict[str, np.ndarray]:
+    """Raw columns of LogEvents: user, item, category (-1 if none), action index, ts_s, row.
+    Ids become int64 keys (models/ids.py); `labels` collects the text of string ids."""
     cols: dict[str, list] = {k: [] for k in ("user", "item", "cat", "action", "ts", "row")}
+    key = (labels if labels is not None else IdLabels()).key
     for i, e in enumerate(events):
-        cols["user"].append(e.user_id)
-        cols["item"].append(e.item_id)
-        cols["cat"].append(-1 if e.category_id is None else e.category_id)
+        cols["user"].append(key(e.user_id))
+        cols["item"].append(key(e.item_id))
+        cols["cat"].append(-1 if e.category_id is None else key(e.category_id))
         cols["action"].append(ACTION_INDEX[e.action])
         cols["ts"].append(e.ts_ms)
         cols["row"].append(e.row if e.row is not None else i)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from models.ids import id_key
 from models.online.samples import encode_sample
 from models.schema import ACTION_INDEX
 from stream.events import user_key
@@ -29,9 +30,10 @@ def sample_from_state(st: UserState, upto: int | None = None) -> bytes | None:
 
 def _ring_position(ring: list[RingEntry], ev: Any, used: set[int]) -> int | None:
     action = ACTION_INDEX.get(ev.action, -1)
+    item = id_key(ev.item_id)  # the ring holds id keys (models/ids.py), the event the id itself
     for i in range(len(ring) - 1, -1, -1):
         e = ring[i]
-        if e.ts == ev.ts and e.item == ev.item_id and e.action == action and i not in used:
+        if e.ts == ev.ts and e.item == item and e.action == action and i not in used:
             return i
         if e.ts < ev.ts:
             break

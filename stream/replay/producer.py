@@ -145,7 +145,7 @@ class Replayer:
         """Partitions of each input topic (they are co-partitioned)."""
         return self._n_partitions
 
-    def partition_of(self, user_id: int) -> int:
+    def partition_of(self, user_id: int | str) -> int:
         """The partition of `user_id`'s events (what `send` picks; cached per user)."""
         part = self._partition_cache.get(user_id)
         if part is None:

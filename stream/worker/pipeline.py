@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 from faust.types import TP
 
+from models.ids import normalize_id
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
 from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_value,
@@ -270,7 +271,7 @@ class ScoringPipeline:
         """Runs with faust's current event set: re-check the user is due, mark, publish."""
         try:
             cmd = msgpack.unpackb(fev.message.value, raw=False)
-            user_id, clock_ts = int(cmd["user_id"]), int(cmd["clock_ts"])
+            user_id, clock_ts = normalize_id(cmd["user_id"], "user_id"), int(cmd["clock_ts"])
         except Exception:
             log.warning("ignoring a malformed churn command at offset %s", fev.message.offset)
             return

@@ -78,7 +78,7 @@ def malformed(now_ms: int) -> list[tuple[str, bytes | None, bytes, str]]:
     return ([("click", b"5", b"\xc1\xc1 not msgpack", Reason.NOT_MSGPACK)] * 4
             + [("cart", b"5", pack([1, 2, 3]), Reason.NOT_A_MAP)] * 3
             + [("purchase", b"5", pack({"user_id": 5, "ts": now_ms}), Reason.MISSING_FIELD)] * 2
-            + [("click", b"5", pack({**ok, "item_id": "eleven"}), Reason.BAD_TYPE)]
+            + [("click", b"5", pack({**ok, "item_id": ""}), Reason.BAD_TYPE)]
             + [("purchase", b"6", pack(ok), Reason.KEY_MISMATCH)] * 2)
 
 

@@ -124,7 +124,7 @@ def test_gzip_transparent(tmp_path):
 
 BAD_FILES = {
     # fmt: (file content, expected bad line numbers, expected good rows)
-    "taobao": ("1,10,100,pv,1\n1,x,100,pv,2\n1,10,100,zz,3\n1,10\n1,11,100,buy,4\n", [2, 3, 4], [0, 4]),
+    "taobao": ("1,10,100,pv,1\n1,,100,pv,2\n1,10,100,zz,3\n1,10\n1,11,100,buy,4\n", [2, 3, 4], [0, 4]),
     "retailrocket": (
         "timestamp,visitorid,event,itemid,transactionid\n1,1,view,5,\n2,1,jump,5,\n3,1,view,5\n4,1,view,6,\n",
         [3, 4],
@@ -134,7 +134,7 @@ BAD_FILES = {
         "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
         "2019-10-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n"
         "2019-13-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n"
-        "2019-10-01 00:00:00 UTC,view,one,2,,,1.0,3,s\n"
+        "2019-10-01 00:00:00 UTC,view,,2,,,1.0,3,s\n"
         "2019-10-01 00:00:09 UTC,cart,1,2,,,1.0,3,s\n",
         [3, 4],
         [0, 3],
@@ -197,7 +197,7 @@ def test_msgpack_bad_objects(tmp_path):
 
 
 def test_error_report_keeps_first_n(tmp_path):
-    p = _write(tmp_path, "t.csv", "".join(f"1,x,1,pv,{i}\n" for i in range(50)))
+    p = _write(tmp_path, "t.csv", "".join(f"1,,1,pv,{i}\n" for i in range(50)))
     report = ErrorReport(max_messages=3)
     assert list(read_events(p, "taobao", errors=report)) == []
     assert report.count == 50 and len(report.messages) == 3
@@ -242,3 +242,48 @@ def test_shared_data_files():
 
     n = sum(1 for _ in read_events(SHARED_DATA / "taobao_timeslice.csv", "taobao", on_error="stop"))
     assert n == 110_300
+
+
+# ------------------------------------------------------------------ ids as shops have them
+
+
+def test_string_and_numeric_string_ids_in_every_csv_format(tmp_path):
+    taobao = _write(tmp_path, "t.csv", "541312140,B07XJ8C8F5,shoes,pv,1511848894\n 7 , 007 ,3,buy,1511848895\n")
+    assert [(e.user_id, e.item_id, e.category_id) for e in read_events(taobao, "taobao", on_error="stop")] == [
+        (541312140, "B07XJ8C8F5", "shoes"), (7, "007", 3)]
+    rr = _write(tmp_path, "r.csv", "timestamp,visitorid,event,itemid,transactionid\n"
+                                   "1,9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b,view,B01N5IB20Q,\n")
+    ev = next(read_events(rr, "retailrocket", on_error="stop"))
+    assert (ev.user_id, ev.item_id) == ("9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", "B01N5IB20Q")
+    rees = _write(tmp_path, "e.csv",
+                  "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+                  "2019-10-01 00:00:00 UTC,view,SKU-1,2053013555631882655,,,1.0,u-9,s\n"
+                  "2019-10-01 00:00:01 UTC,view,44600062,,,,1.0,541312140,s\n")
+    assert [(e.user_id, e.item_id, e.category_id) for e in read_events(rees, "rees46", on_error="stop")] == [
+        ("u-9", "SKU-1", 2053013555631882655), (541312140, 44600062, None)]
+
+
+def test_string_ids_in_dumps_round_trip(tmp_path):
+    events = [LogEvent("541312140", "B07XJ8C8F5", "click", 5, category_id="shoes"),
+              LogEvent("u-1", 42, "cart", 6, category_id=3)]
+    for fmt, writer in (("jsonl", write_jsonl), ("msgpack", write_msgpack)):
+        p = tmp_path / f"d.{fmt}"
+        writer(events, p)
+        back = list(read_events(p, fmt, on_error="stop"))
+        # "541312140" is normalised to the integer on the way back in: one id, one form
+        assert [(e.user_id, e.item_id, e.category_id) for e in back] == [
+            (541312140, "B07XJ8C8F5", "shoes"), ("u-1", 42, 3)]
+
+
+@pytest.mark.parametrize("line,why", [
+    ('{"user_id":"","item_id":2,"action":"click","ts":1}', "'user_id' is an empty string"),
+    ('{"user_id":1,"item_id":true,"action":"click","ts":1}', "'item_id' must be an integer or a string"),
+    ('{"user_id":1,"item_id":2.5,"action":"click","ts":1}', "'item_id' must be an integer or a string"),
+    ('{"user_id":1,"item_id":[2],"action":"click","ts":1}', "'item_id' must be an integer or a string"),
+    ('{"user_id":1,"item_id":"' + "x" * 129 + '","action":"click","ts":1}', "129 UTF-8 bytes"),
+    ('{"user_id":1,"item_id":2,"category_id":{},"action":"click","ts":1}', "'category_id'"),
+])
+def test_malformed_ids_are_bad_rows_naming_the_field(tmp_path, line, why):
+    p = _write(tmp_path, "bad.jsonl", line + "\n")
+    with pytest.raises(BadRow, match=why.replace("[", r"\[")):
+        list(read_events(p, "jsonl", on_error="stop"))

@@ -428,7 +428,7 @@ def test_cli_category_task_without_categories(tmp_path, capsys):
 
 def test_cli_bad_row_stop(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("1,2,3,pv,10\n1,x,3,pv,11\n")
+    bad.write_text("1,2,3,pv,10\n1,,3,pv,11\n")  # an empty id is malformed
     assert run_evaluate_command(_args(str(bad), "--format", "taobao", "--on-error", "stop")) == 2
     assert f"{bad}:2:" in capsys.readouterr().err
 

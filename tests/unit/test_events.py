@@ -35,7 +35,7 @@ def test_encode_value_matches_decoder():
     (b"1", None, Reason.NOT_MSGPACK),
     (b"1", pack([1, 2, 3]), Reason.NOT_A_MAP),
     (b"1", pack({"user_id": 1, "ts": TS}), Reason.MISSING_FIELD),
-    (b"1", pack({"user_id": 1, "item_id": "x", "ts": TS}), Reason.BAD_TYPE),
+    (b"1", pack({"user_id": 1, "item_id": "", "ts": TS}), Reason.BAD_TYPE),
     (b"1", pack({"user_id": 1, "item_id": True, "ts": TS}), Reason.BAD_TYPE),
     (b"1", pack({"user_id": 1, "item_id": -4, "ts": TS}), Reason.BAD_TYPE),
     (b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "price": "cheap"}), Reason.BAD_TYPE),
@@ -64,3 +64,88 @@ def test_unknown_topic_is_rejected():
 def test_input_topic_rejects_unknown_action():
     with pytest.raises(ValueError, match="unknown action"):
         input_topic("fav")
+
+
+# ------------------------------------------------------------------ ids as shops have them
+
+
+def test_numeric_string_user_id_is_the_same_integer_id():
+    # the case that used to be dead-lettered as bad-type
+    ev = decode_event(b"541312140", pack({"user_id": "541312140", "item_id": 5, "ts": TS}),
+                      topic="click")
+    assert isinstance(ev, Event), ev
+    assert ev.user_id == 541312140 and type(ev.user_id) is int
+    as_int = decode_event(b"541312140", pack({"user_id": 541312140, "item_id": "5", "ts": TS}),
+                          topic="click")
+    assert isinstance(as_int, Event) and (as_int.user_id, as_int.item_id) == (ev.user_id, ev.item_id)
+
+
+@pytest.mark.parametrize("sku", ["B07XJ8C8F5", "9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", "007", "-7",
+                                 "7.0", " 7", "ü" * 64, "x" * 128])
+def test_string_ids_are_kept_exactly(sku):
+    ev = decode_event(b"u-1", pack({"user_id": "u-1", "item_id": sku, "category_id": sku, "ts": TS}),
+                      topic="cart")
+    assert isinstance(ev, Event), ev
+    assert (ev.user_id, ev.item_id, ev.category_id) == ("u-1", sku, sku)
+
+
+def test_string_ids_round_trip_through_encode_value():
+    log = LogEvent(user_id="shopper-9", item_id="B07XJ8C8F5", action="click", ts_ms=TS,
+                   category_id="shoes")
+    ev = decode_event(user_key("shopper-9"), encode_value(log), topic="click")
+    assert isinstance(ev, Event)
+    assert (ev.user_id, ev.item_id, ev.category_id) == ("shopper-9", "B07XJ8C8F5", "shoes")
+    assert user_key("shopper-9") == b"shopper-9" and user_key(541312140) == b"541312140"
+
+
+@pytest.mark.parametrize("field,bad,why", [
+    ("user_id", "", "empty"),
+    ("item_id", "", "empty"),
+    ("category_id", "", "empty"),
+    ("item_id", "x" * 129, "129 UTF-8 bytes"),
+    ("item_id", "ü" * 65, "130 UTF-8 bytes"),  # 65 characters, but 130 bytes
+    ("item_id", True, "bool"),
+    ("user_id", False, "bool"),
+    ("item_id", 5.0, "float"),
+    ("category_id", 1.5, "float"),
+    ("item_id", None, "None"),
+    ("user_id", None, "None"),
+    ("item_id", [1], "list"),
+    ("item_id", {"sku": "B0"}, "dict"),
+    ("item_id", b"B07", "bytes"),
+    ("item_id", -4, "out of range"),
+    ("user_id", 2**63, "out of range"),
+])
+def test_malformed_ids_are_bad_type_naming_the_field(field, bad, why):
+    body = {"user_id": 1, "item_id": 2, "ts": TS, field: bad}
+    bad_ev = decode_event(b"1", pack(body), topic="click")
+    assert isinstance(bad_ev, Invalid), bad_ev
+    assert bad_ev.reason == Reason.BAD_TYPE
+    assert repr(field) in bad_ev.detail and why in bad_ev.detail
+
+
+def test_optional_category_nil_means_none():
+    ev = decode_event(b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "category_id": None}),
+                      topic="click")
+    assert isinstance(ev, Event) and ev.category_id is None
+
+
+def test_key_must_match_the_canonical_user_id():
+    # "007" is a string id distinct from 7: its key is b"007", not b"7"
+    ok = decode_event(b"007", pack({"user_id": "007", "item_id": 2, "ts": TS}), topic="click")
+    assert isinstance(ok, Event) and ok.user_id == "007"
+    bad = decode_event(b"7", pack({"user_id": "007", "item_id": 2, "ts": TS}), topic="click")
+    assert isinstance(bad, Invalid) and bad.reason == Reason.KEY_MISMATCH
+
+
+def test_predictions_echo_string_item_ids():
+    from stream.events import Prediction, encode_predictions
+
+    ev = decode_event(b"541312140", pack({"user_id": "541312140", "item_id": "B07XJ8C8F5", "ts": TS}),
+                      topic="click")
+    assert isinstance(ev, Event)
+    p = Prediction(ev.user_id, ev, 1, {"click": 1.0}, [("B01N5IB20Q", 0.5), ("B07XJ8C8F5", 0.25)],
+                   0.1, False, 1)
+    msg = msgpack.unpackb(encode_predictions([p], TS)[0], raw=False)
+    assert msg["user_id"] == 541312140 and msg["event"]["item_id"] == "B07XJ8C8F5"
+    assert msg["next_items"] == [["B01N5IB20Q", 0.5], ["B07XJ8C8F5", 0.25]]

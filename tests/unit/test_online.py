@@ -242,3 +242,24 @@ def test_online_settings_from_env():
     assert (s.enabled, s.every_s) == (False, 5.0)
     with pytest.raises(ValueError):
         OnlineSettings.from_settings(None, env={"SEQSTREAM_ONLINE_TRAINER": "nope"})
+
+
+def test_capture_matches_string_item_ids_and_keeps_string_users():
+    from models.ids import id_key
+
+    user = "9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    st = UserState(user_id=user)
+    preds = []
+    for k, (ts, sku) in enumerate([(T0, "B07XJ8C8F5"), (T0 + 1000, "B01N5IB20Q")]):
+        insert_event(st, RingEntry(id_key(sku), -1, 0, ts), ring_size=10)  # what the scorer stores
+        ev = Event(user_id=user, item_id=sku, action="click", ts=ts, topic="click", offset=k)
+        preds.append(Prediction(user, ev, 1, {a: 1 / 3 for a in ACTIONS}, [], 0.0, False, k + 1))
+    sent = []
+
+    async def send(key, value):
+        sent.append((key, value))
+
+    asyncio.run(SampleCapture(send)({user: st}, preds))
+    assert [k for k, _ in sent] == [user.encode()]
+    sample = decode_sample(sent[0][1])
+    assert sample.user_id == user and sample.items == (id_key("B07XJ8C8F5"), id_key("B01N5IB20Q"))

@@ -573,3 +573,27 @@ def test_generate_cli_writes_log_and_truth(tmp_path: Path, capsys) -> None:
     assert _run(["generate", "--users", "20", "--events", "50", "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
     assert "must be at least users" in err and ".jsonl or .msgpack" in err
+
+
+def test_replay_keeps_string_ids(tmp_path: Path) -> None:
+    from kafka.partitioner.default import murmur2
+
+    from models.datasets.reader import read_events
+
+    path = tmp_path / "shop.jsonl"
+    write_jsonl([LogEvent("541312140", "B07XJ8C8F5", "click", T_SHOP, category_id="shoes"),
+                 LogEvent("9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", 42, "cart", T_SHOP + 1),
+                 LogEvent("007", "007", "purchase", T_SHOP + 2)], path)
+    r = _replayer()
+    replay_events(list(read_events(path, "jsonl", on_error="stop")), r, progress=False)
+    got = []
+    for topic, part, key, value, _ts in r.producer.records:
+        assert part == (murmur2(key) & 0x7FFFFFFF) % 4
+        ev = decode_event(key, value, topic=topic, prefix="t-")
+        got.append((key, ev.user_id, ev.item_id, ev.category_id))
+    assert got == [(b"541312140", 541312140, "B07XJ8C8F5", "shoes"),
+                   (b"9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", "9f1c2a7e-3b4d-4e5f-8a9b-0c1d2e3f4a5b", 42, None),
+                   (b"007", "007", "007", None)]
+
+
+T_SHOP = 1_700_000_000_000
