@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--m", type=int, default=32, help="HNSW neighbours per node")
     p.add_argument("--ef-construction", type=int, default=80)
     p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--ef-sweep", default="", help="also measure these efSearch values, e.g. 64,256")
     p.add_argument("--ivf", action="store_true", help="also measure IVF-Flat (nlist, nprobe below)")
     p.add_argument("--nlist", type=int, default=4096)
     p.add_argument("--nprobe", type=int, default=32)
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(), "embeddings": f"clustered gaussians ({a.clusters} centres) + zipf bias",
     }
     out["speedup_batch256"] = round(out["qps_batch256"] / out["exact_qps_batch256"], 1)
+    for ef in [int(e) for e in a.ef_sweep.split(",") if e]:  # the same graph, other efSearch
+        ann.set_ef_search(ef)
+        out[f"ef{ef}_recall_at_20"] = round(recall(exact_ids, ann.search(queries, a.k)[1]), 4)
+        out[f"ef{ef}_qps_batch256"] = round(qps(ann, queries, 256, a.k, a.repeats, a.queries), 1)
     if a.ivf:
         t0 = time.perf_counter()
         ivf, raw = build_ivf(x, a.nlist, a.nprobe)
