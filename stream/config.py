@@ -46,6 +46,10 @@ class Settings:
     batch_idle_ms: int = 1  # ...or once nothing new came for this long (stream/worker/batching.py)
     producer_linger_ms: int = 5  # outputs and changelog: batch sends this long (latency vs requests)
     top_k: int = 20
+    # retrieval (issue 23): how the explore path finds its top-k. exact: score every item;
+    # ann: an HNSW index over the item table, built when a model version is loaded;
+    # auto: ann on the CPU from models.retrieval.AUTO_ANN_MIN_ITEMS (100k) items, else exact
+    retrieval: str = "auto"
     ring: int = 0  # L: events kept per user; 0 = the length the model was trained with
     max_value_bytes: int = 64 * 1024
     allowed_lateness_ms: int = 60_000  # the event-time clock trails the newest event by this
@@ -135,6 +139,8 @@ class Settings:
             raise ConfigError(f"top-k must be in 1..1000, got {self.top_k}")
         if not 0 <= self.ring <= 1000:
             raise ConfigError(f"ring length must be in 0..1000 (0: the model's), got {self.ring}")
+        if self.retrieval not in ("exact", "ann", "auto"):  # retrieval (issue 23)
+            raise ConfigError(f"retrieval must be exact, ann or auto, got {self.retrieval!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.processing_guarantee not in ("at_least_once", "exactly_once"):

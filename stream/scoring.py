@@ -17,6 +17,7 @@ import torch
 
 from models.checkpoint import Checkpoint
 from models.config import GAP_FIRST
+from models.explore_index import ExploreIndex, predict_top_items_indexed
 from models.gru import SeqModel
 from models.ids import id_key
 from models.ring import Recent, gap_bucket
@@ -36,15 +37,19 @@ class ScoringModel:
     categories: Vocab
     version: int
     device: torch.device
+    # retrieval (issue 23): the explore path's index; None = exact (predict_top_items)
+    explore_index: ExploreIndex | None = None
 
     @property
     def hidden_size(self) -> int:
         return self.model.cfg.hidden
 
     @classmethod
-    def from_checkpoint(cls, ckpt: "Checkpoint") -> "ScoringModel":
+    def from_checkpoint(cls, ckpt: "Checkpoint", retrieval: str = "exact") -> "ScoringModel":
+        """`retrieval`: exact|ann|auto (Settings.retrieval). The index is built here, from this
+        version's weights, so it is always the model's own and swaps with it."""
         return cls(ckpt.model, ckpt.item_vocab, ckpt.category_vocab, ckpt.version,
-                   next(ckpt.model.parameters()).device)
+                   next(ckpt.model.parameters()).device, ExploreIndex.build(ckpt.model, retrieval))
 
 
 class Scorer:
@@ -219,8 +224,12 @@ class Scorer:
                 st.hidden = self.fold(st.anchor, st.anchor_ts, st.ring)
         # 4. One batched predict for the whole wave.
         h = self._hidden([st.hidden for st in wave_states])
-        values, indices, action_logits, churn_logit = self.scoring.model.predict_top_items(
-            h, self._recent(wave_states), self.k)
+        if self.scoring.explore_index is not None:  # retrieval (issue 23): ANN explore path
+            values, indices, action_logits, churn_logit = predict_top_items_indexed(
+                self.scoring.model, self.scoring.explore_index, h, self._recent(wave_states), self.k)
+        else:
+            values, indices, action_logits, churn_logit = self.scoring.model.predict_top_items(
+                h, self._recent(wave_states), self.k)
         # numpy -> Python lists once per wave: per-element float()/round() calls cost more
         # than the model on small waves
         action_p = np.round(torch.softmax(action_logits, dim=-1).cpu().numpy(), 6).tolist()

@@ -13,7 +13,7 @@ SETTING_FLAGS = ("prefix", "broker", "app_id", "data_dir", "model", "device", "b
                  "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms",
                  "churn_risk_threshold", "churn_sweep_s", "online", "web_host",
                  "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password_file",
-                 "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                 "ssl_cafile", "ssl_certfile", "ssl_keyfile", "retrieval")
 
 
 class OneLineParser(argparse.ArgumentParser):

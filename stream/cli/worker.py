@@ -20,6 +20,8 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--producer-linger-ms", type=int, default=None,
                    help="how long output and changelog sends are batched (default 5)")
     p.add_argument("--top-k", type=int, default=None, help="next items per prediction (default 20)")
+    p.add_argument("--retrieval", default=None, choices=["exact", "ann", "auto"],
+                   help="explore-path top-k: exact, ann (HNSW index), auto (ann on the CPU from 100k items; default)")
     p.add_argument("--ring", type=int, default=None,
                    help="events kept per user (default: the ring the model was trained with)")
     p.add_argument("--processing-guarantee", default=None,

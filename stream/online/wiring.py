@@ -84,14 +84,15 @@ def register_online(wiring: Any, pipeline: Any, settings: Any) -> None:
                     exc, scoring.version)
         return
     if ckpt is not None:
-        pipeline.scorer.swap(ScoringModel.from_checkpoint(ckpt))
+        pipeline.scorer.swap(ScoringModel.from_checkpoint(ckpt, settings.retrieval))
         log.info("serving version %d from model-updates (checkpoint had %d)", ckpt.version, scoring.version)
     parts.follower = follower
 
     def on_version(version: int, ckpt: Any, manifest: dict) -> None:
         loop = parts.loop
         if loop is not None:
-            loop.call_soon_threadsafe(pipeline.request_swap, ScoringModel.from_checkpoint(ckpt))
+            # the ANN index (if any) is built here, on the follower's thread, not in the event loop
+            loop.call_soon_threadsafe(pipeline.request_swap, ScoringModel.from_checkpoint(ckpt, settings.retrieval))
 
     follower.listeners.append(on_version)
 

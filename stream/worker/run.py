@@ -38,7 +38,7 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
             ckpt = load_checkpoint(settings.model, device=device)
         except Exception as exc:
             raise ConfigError(f"cannot load model {settings.model}: {exc}") from None
-        return ScoringModel.from_checkpoint(ckpt)
+        return ScoringModel.from_checkpoint(ckpt, settings.retrieval)
     # No checkpoint: an untrained model with empty vocabularies. Every item is "unknown", so
     # next_items stays empty until a trained version is loaded; actions and churn still flow.
     log.warning("no --model given: serving an untrained model with an empty vocabulary")
@@ -166,7 +166,7 @@ def run_trainer(settings: Settings, online: "OnlineSettings") -> int:
                         options=kafka_client_options(settings))
     ckpt = follower.catch_up(scoring.version)
     if ckpt is not None:
-        scoring = ScoringModel.from_checkpoint(ckpt)
+        scoring = ScoringModel.from_checkpoint(ckpt, settings.retrieval)
     trainer = make_trainer(app, settings, online, scoring, follower)
     register_trainer(app, settings, trainer, f"{group}-agent")
 
