@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--generated", type=int, default=0, help="use N synthetic events instead of --log")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--emb", type=int, default=TrainConfig.emb, help="item/category embedding width")
     ap.add_argument("--batch", type=int, default=TrainConfig.batch)
     ap.add_argument("--batch-events", type=int, default=TrainConfig.batch_events)
     ap.add_argument("--ring", type=int, default=TrainConfig.ring)
@@ -52,12 +53,12 @@ def main() -> int:
     else:
         from models.datasets.reader import read_events
         events, source = list(read_events(args.log, args.format)), args.log
-    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, batch=args.batch, batch_events=args.batch_events,
+    cfg = TrainConfig(epochs=args.epochs, hidden=args.hidden, emb=args.emb, batch=args.batch, batch_events=args.batch_events,
                       ring=args.ring, threads=args.threads, progress=False, vocab_cutoff=None)
     ck = train_model(events, cfg)
     rates = ck.meta["events_per_s"]
     print("command:", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv))
-    print(f"data: {source}; device {ck.meta['train']['device']}; threads {args.threads}; hidden {args.hidden}; "
+    print(f"data: {source}; device {ck.meta['train']['device']}; threads {args.threads}; hidden {args.hidden}; emb {args.emb}; "
           f"batch {args.batch} users (event budget {args.batch_events}); ring {args.ring}")
     print("events/s per epoch:", ", ".join(f"{r:.0f}" for r in rates))
     print(f"median events/s: {np.median(rates[1:] if len(rates) > 1 else rates):.0f} (first epoch excluded: warm-up)")
