@@ -42,6 +42,10 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         if pipeline.reorder.size:
             await pipeline.release_ready()
 
+    @app.on_partitions_assigned.connect
+    async def assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
+        await pipeline.on_assigned(assigned)
+
     @app.on_partitions_revoked.connect
     async def revoked(app_, revoked, **kwargs) -> None:  # noqa: ANN001
         pipeline.on_revoked(revoked)
@@ -52,8 +56,8 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
 
     @app.timer(interval=1.0)
     async def unstick_inputs() -> None:
-        # two rare faust losses that would leave the worker idle for good (see FetchWatch)
-        await pipeline.fetch_watch.unstick(pipeline.in_flight)
+        # faust's losses that would leave records unscored for good (see FetchWatch.unstick)
+        await pipeline.fetch_watch.unstick(pipeline.in_transit)
         pipeline.health.tick()
 
     @app.timer(interval=report_every_s)

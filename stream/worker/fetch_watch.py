@@ -2,19 +2,22 @@
 fetch state and faust's consumer internals (read offsets, commits, backpressure).
 
 The reorder buffer (stream/ordering.py) asks `caught_up` whether an input partition can still
-deliver an earlier event; the worker's timers ask `unstick` to repair two rare faust losses, and
+deliver an earlier event; the worker's timers ask `unstick` to repair faust's losses, and
 the report logs `input_lag` and `backpressured`; /metrics reads `consumer_lag` and the health
 checks (stream/worker/health.py) `recovery_reason`, `assigned_inputs`, `unpositioned` and `waiting`.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable, Sequence
 
 from faust.types import TP
 
+from stream.worker.delivery import DeliveryTracker, Probe
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.probe import RecordProbe
 
 log = logging.getLogger("seqstream.worker")
 
@@ -22,29 +25,38 @@ log = logging.getLogger("seqstream.worker")
 class FetchWatch:
     """What the fetcher has handed to the scoring agent, per assigned input partition."""
 
-    def __init__(self, input_topics: Sequence[str], wiring: Any, metrics: WorkerMetrics) -> None:
+    def __init__(self, input_topics: Sequence[str], wiring: Any, metrics: WorkerMetrics,
+                 probe: RecordProbe | None = None) -> None:
         self.input_topics = list(input_topics)
+        self.probe = probe  # reads Kafka outside faust: see stream/worker/delivery.py
         self.wiring = wiring
         self.metrics = metrics
         self.delivered: dict[tuple[str, int], int] = {}  # last offset handed to us per input tp
-        self.first_delivered: dict[tuple[str, int], int] = {}  # ...and the first since its assignment
+        self.tracker = DeliveryTracker()  # which offsets reached us: finds what faust lost
         self._idle_since: dict[TP, float] = {}  # see caught_up
         self._events_seen, self._events_changed = 0, time.monotonic()  # see _quiet_for
-        self._reread_at: dict[TP, int] = {}  # see skipped_fetches
-        self._reread_start: set[TP] = set()
 
     def note_batch(self, batch: Sequence[Any]) -> dict[tuple[str, int], float]:
         """Record what a batch delivered; per (topic, partition) in it, the time of the fetch
         that brought it (no newer than the last poll)."""
         seen_ms: dict[tuple[str, int], float] = {}
+        committed = self._committed()
+        now = time.monotonic()
         for fev in batch:
             msg = fev.message
             key = (msg.topic, msg.partition)
             self.delivered[key] = max(msg.offset, self.delivered.get(key, -1))
+            tp = TP(*key)
+            self.tracker.deliver(tp, msg.offset, committed.get(tp), now)
             if key not in seen_ms:  # the fetch that brought it is no newer than this
-                seen_ms[key] = self._last_poll_ms(TP(*key)) or 0.0
-                self.first_delivered.setdefault(key, msg.offset)  # a batch holds a partition in order
+                seen_ms[key] = self._last_poll_ms(tp) or 0.0
         return seen_ms
+
+    def _committed(self) -> dict[TP, int | None]:
+        """faust's committed offsets (the next offset to read; recovery's seek sets them from
+        Kafka at every assignment)."""
+        consumer = getattr(getattr(self.wiring, "app", None), "consumer", None)
+        return getattr(consumer, "_committed_offset", {})
 
     def _fetch_state(self, tp: TP) -> Any:
         """aiokafka's per-partition fetch state (highwater, position, last poll), or None."""
@@ -99,7 +111,11 @@ class FetchWatch:
         highwater = state.highwater
         last = self.delivered.get((topic, partition))
         if last is not None:
-            return state.timestamp if last + 1 >= highwater else None
+            # offsets that hold no record (a transaction marker at the end) count as done
+            # once the delivery tracker has given up on them
+            track = self.tracker.partitions.get(tp)
+            done = max(last + 1, track.watermark if track is not None else 0)
+            return state.timestamp if done >= highwater else None
         # Nothing handed to us since start. After a restart faust seeks to the committed
         # offset and records it as its read offset: the next offset to read.
         next_offset = getattr(self.wiring.app.consumer, "_read_offset", {}).get(tp)
@@ -127,43 +143,6 @@ class FetchWatch:
         inputs = {tp for tp in paused if tp.topic in self.input_topics}
         return inputs if inputs and self._quiet_for(now) >= quiet_s else set()
 
-    def skipped_fetches(self, positions: dict[TP, int], committed: dict[TP, int | None], now: float,
-                        in_flight: bool, quiet_s: float = 10.0) -> dict[TP, int]:
-        """Input partitions where faust took records from the fetcher that never reached this
-        agent, each with the offset to read again from.
-
-        Once faust has taken records from the fetcher, Kafka does not send them again before the
-        next rebalance. In about 1 restart in 50, faust took a record while recovery's seek to the
-        committed offsets was in flight, and it never reached the stream: committed offset 58,
-        fetch position 59, nothing delivered, the worker idle for good. Two checks find such a
-        loss, each re-reading a partition once (a gap that stays, such as a transaction marker,
-        which takes an offset but holds no record, is not a loss):
-        - the first offset delivered since the assignment is past the committed offset, which
-          then cannot move (faust commits contiguous acks only): re-read from the committed one;
-        - the worker is quiet for `quiet_s` with nothing in flight, and the fetch position is past
-          one beyond the last delivered offset (or the committed one, if nothing was delivered):
-          re-read from there."""
-        quiet = self._quiet_for(now) >= quiet_s and not in_flight
-        reread: dict[TP, int] = {}
-        for tp, position in positions.items():
-            if tp.topic not in self.input_topics:
-                continue
-            first = self.first_delivered.get((tp.topic, tp.partition))
-            since = committed.get(tp)
-            if first is not None and since is not None and first > since and tp not in self._reread_start:
-                self._reread_start.add(tp)
-                reread[tp] = since
-                continue
-            if not quiet:
-                continue
-            last = self.delivered.get((tp.topic, tp.partition))
-            expected = last + 1 if last is not None else since
-            if expected is None or position <= expected or self._reread_at.get(tp) == position:
-                continue
-            self._reread_at[tp] = position
-            reread[tp] = expected
-        return reread
-
     def _quiet_for(self, now: float) -> float:
         """Seconds since events_in last moved (as seen by these periodic checks)."""
         if self.metrics.events_in != self._events_seen:
@@ -175,14 +154,12 @@ class FetchWatch:
         for tp in revoked:
             self.delivered.pop((tp.topic, tp.partition), None)
             self._idle_since.pop(tp, None)
-            self.first_delivered.pop((tp.topic, tp.partition), None)
-            self._reread_at.pop(tp, None)
-            self._reread_start.discard(tp)
+            self.tracker.forget(tp)
 
-    async def unstick(self, in_flight: Callable[[set[TP]], bool]) -> None:
-        """Repair two rare faust losses that would leave the worker idle for good (see
-        `stalled_inputs` and `skipped_fetches`); `in_flight(backpressured)` says whether input
-        records may still be on their way to the agent."""
+    async def unstick(self, in_transit: Callable[[set[TP]], bool]) -> None:
+        """Repair faust's losses that would leave records unscored for good (see
+        `stalled_inputs` and stream/worker/delivery.py); `in_transit(backpressured)` says whether
+        input records may be on their way from the fetcher to the agent."""
         consumer = self.wiring.app.consumer
         backpressured = self.backpressured()
         now = time.monotonic()
@@ -190,15 +167,51 @@ class FetchWatch:
             log.warning("resuming %s[%d]: paused for backpressure with nothing in flight",
                         tp.topic, tp.partition)
             consumer.on_buffer_drop(tp)
-        committed = getattr(consumer, "_committed_offset", {})
-        skipped = self.skipped_fetches(self.fetch_positions(), committed, now, in_flight(backpressured))
-        for tp, offset in skipped.items():
-            log.warning("re-reading %s[%d] from offset %d: the fetcher has moved past it, but "
-                        "nothing from there reached the agent", tp.topic, tp.partition, offset)
+        positions = self.fetch_positions()
+        if self.recovery_reason() is None:  # streams resumed: the fetcher reads from `committed`
+            committed = self._committed()
+            for tp in positions:
+                self.tracker.begin(tp, committed.get(tp), now)
+        reread, probes = self.tracker.due(positions, in_transit(backpressured), now)
+        for tp, probe in probes.items():
+            offset = self.tracker.probed(tp, probe, await self._first_record(tp, probe), time.monotonic())
+            if offset is not None:
+                reread[tp] = offset
+        for tp, offset in reread.items():
+            log.warning("re-reading %s[%d] from offset %d: records from there were fetched but "
+                        "never reached the agent", tp.topic, tp.partition, offset)
             try:
                 await consumer.seek(tp, offset)
             except Exception:  # revoked meanwhile: its next owner reads from the committed offset
                 log.exception("could not seek %s[%d]", tp.topic, tp.partition)
+
+    async def on_assigned(self, assigned: set) -> None:
+        """Read the group's committed offsets of the input partitions just assigned (where the
+        fetcher starts) from Kafka: faust learns them only during its seek, after records may
+        have been taken and lost."""
+        inputs = sorted(tp for tp in assigned if tp.topic in self.input_topics)
+        if self.probe is None or not inputs:
+            return
+        try:
+            committed = await asyncio.to_thread(self.probe.committed, [(tp.topic, tp.partition) for tp in inputs])
+        except Exception as exc:  # faust's own view of the committed offsets stands in
+            log.warning("could not read the committed offsets of %d assigned partitions (%s)", len(inputs), exc)
+            return
+        for tp in inputs:
+            self.tracker.expect(tp, committed.get((tp.topic, tp.partition)))
+
+    async def _first_record(self, tp: TP, probe: Probe) -> int | None | bool:
+        """The first offset in the probe's range holding a record (None: none does), or False
+        when there is no probe or it failed (then the range is simply read again)."""
+        if self.probe is None:
+            return False
+        try:
+            return await asyncio.to_thread(self.probe.first_record, tp.topic, tp.partition,
+                                           probe.start, probe.end)
+        except Exception as exc:
+            log.warning("could not probe %s[%d] %d..%d (%s): reading it again", tp.topic,
+                        tp.partition, probe.start, probe.end - 1, exc)
+            return False
 
     def forget_unacked(self, messages: Any) -> None:
         """Take messages that will never be acked (handed back at shutdown) off the list that

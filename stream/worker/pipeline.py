@@ -39,6 +39,7 @@ from stream.worker.feed import Feed
 from stream.worker.fetch_watch import FetchWatch
 from stream.worker.health import Health
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.probe import RecordProbe
 from stream.worker.store import StateStore
 
 log = logging.getLogger("seqstream.worker")
@@ -49,7 +50,8 @@ BatchHook = Callable[[dict[int, UserState], list[Prediction]], Awaitable[None]]
 
 
 class ScoringPipeline:
-    def __init__(self, settings: Settings, wiring: Wiring, scorer: Scorer) -> None:
+    def __init__(self, settings: Settings, wiring: Wiring, scorer: Scorer,
+                 probe: RecordProbe | None = None) -> None:
         self.settings = settings
         self.wiring = wiring
         self.scorer = scorer
@@ -59,7 +61,7 @@ class ScoringPipeline:
         self.due = DueIndex()
         self.reorder: ReorderBuffer[Any] = ReorderBuffer(settings.input_topics,
                                                          grace_ms=settings.order_grace_ms)
-        self.fetch_watch = FetchWatch(settings.input_topics, wiring, self.metrics)
+        self.fetch_watch = FetchWatch(settings.input_topics, wiring, self.metrics, probe)
         self.store = StateStore(wiring.states, self.metrics)
         self.health = Health(self.fetch_watch, lambda: self.metrics.events_in, self.in_flight)
         self.registry: Any = None  # the Prometheus registry, once the web pages are registered
@@ -120,13 +122,18 @@ class ScoringPipeline:
         async with self.state_lock:
             await self._process(batch)
 
-    def in_flight(self, backpressured: set[TP]) -> bool:
-        """Whether input records may sit between the fetcher and this agent's batches."""
+    def in_transit(self, backpressured: set[TP]) -> bool:
+        """Whether input records may be on their way from the fetcher to this agent's batches.
+        (Events in the reorder buffer have arrived: the delivery check must not wait for them,
+        they may be waiting for the very records it would read again.)"""
         inputs = set(self.settings.input_topics)
         queued = any(channel.queue.qsize() for channel in self.wiring.app.topics
                      if inputs & set(getattr(channel, "topics", ())))
-        return (queued or any(tp.topic in inputs for tp in backpressured) or bool(self.reorder.size)
-                or self.state_lock.locked())
+        return queued or any(tp.topic in inputs for tp in backpressured) or self.state_lock.locked()
+
+    def in_flight(self, backpressured: set[TP]) -> bool:
+        """Whether input events are on their way or waiting in this worker, unscored."""
+        return self.in_transit(backpressured) or bool(self.reorder.size)
 
     async def release_ready(self) -> None:
         """Score what the reorder buffer can release now (also called from a timer)."""
@@ -233,6 +240,9 @@ class ScoringPipeline:
             self.metrics.latency.observe_many([max(now - t, 0.0) for t in arrived if t is not None])
         ts = np.fromiter((ev.ts for ev in events), dtype=np.float64, count=len(events))
         self.metrics.event_time_lag.observe_many(np.maximum(now_ms - ts, 0.0) / 1000.0)
+
+    async def on_assigned(self, assigned: set) -> None:
+        await self.fetch_watch.on_assigned(assigned)
 
     def on_revoked(self, revoked: set) -> None:
         parts = {tp.partition for tp in revoked if tp.topic in self.settings.input_topics}

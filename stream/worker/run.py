@@ -55,7 +55,9 @@ def run_worker(settings: Settings) -> int:
     from stream.topics import HISTORICAL_TIME_ADVICE, check_copartitioned, historical_time_topics
     from stream.worker.agents import register_agents
     from stream.worker.app import create_app
+    from stream.kafka import kafka_client_options
     from stream.worker.pipeline import ScoringPipeline
+    from stream.worker.probe import RecordProbe
     from stream.worker.web import check_exposure
 
     settings.validate()
@@ -74,8 +76,11 @@ def run_worker(settings: Settings) -> int:
                          risk_threshold=settings.churn_risk_threshold,
                          allowed_lateness_ms=settings.allowed_lateness_ms)
     ring = settings.ring or scoring.model.cfg.ring  # the copy path was trained on this length
-    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring,
-                                                        top_k=settings.top_k, churn=policy))
+    # reads input records outside faust when some never reached the agent (worker/delivery.py)
+    probe = RecordProbe(bootstrap, settings.app_id, kafka_client_options(settings), isolation_level=(
+        "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"))
+    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring, top_k=settings.top_k,
+                                                        churn=policy), probe)
     register_agents(wiring, pipeline)
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
