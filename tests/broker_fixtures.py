@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Kafka broker.
+"""Fixtures for tests against a real Kafka broker (integration and fault tests share them:
+tests/conftest.py imports them, so one session broker serves both).
 
 `kafka_bootstrap` (session): "127.0.0.1:PORT" of a broker for the whole test session.
   - SEQSTREAM_BROKER=host:port set: that broker is used, nothing is started or stopped.

@@ -1,0 +1,1 @@
+"""Fault-injection scenarios: real broker, real worker processes, an independent judge."""
