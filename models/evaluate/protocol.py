@@ -33,6 +33,7 @@ from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mod
 from models.evaluate.metrics import (KS, action_metrics, metrics_by_history, prior_events, ranking_metrics,
                                      ranks_of_targets)
 from models.schema import LogEvent
+from models.trending import DEFAULT_HALF_LIFE_S
 
 
 CURVE_KS: tuple[int, ...] = tuple(range(1, 21))
@@ -56,6 +57,7 @@ def evaluate_data(
     churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S,
     progress: bool = True,
     fit: bool = True,
+    trending_half_life_s: float = DEFAULT_HALF_LIFE_S,
 ) -> dict[str, Any]:
     """Evaluate rankers on prepared data. See `run_evaluation` for the result's shape.
 
@@ -66,7 +68,7 @@ def evaluate_data(
     """
     if mode not in ("frozen", "online"):
         raise ValueError(f"mode must be 'frozen' or 'online', got {mode!r}")
-    all_rankers: dict[str, Ranker] = dict(baseline_rankers()) if include_baselines else {}
+    all_rankers: dict[str, Ranker] = dict(baseline_rankers(trending_half_life_s)) if include_baselines else {}
     for name in rankers:
         if name in all_rankers:
             raise ValueError(f"model name {name!r} clashes with a baseline")
@@ -161,7 +163,7 @@ def run_evaluation(
     ks: Sequence[int] = KS,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run the protocol on a log. Baselines (pop, repeat, item-knn) are always included.
+    """Run the protocol on a log. Baselines (pop, repeat, item-knn, trending) are always included.
 
     Returns {"target", "mode", "n", "V", "models": {name: {"R@1", "MRR@1", ..., "R@20",
     "MRR@20"}}} plus "by_history" ({name: {bucket: {"n", "R@20", "MRR@20"}}}, buckets "<=1", "2-3",
@@ -229,7 +231,8 @@ def merge_single(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 def evaluate_runs(table: EventTable, targets: Sequence[Target], modes: Sequence[Mode],
                   model: Callable[[int], Ranker] | None = None, *, fit: bool = True, seeds: int = 1,
                   chunk_size: int = 512,
-                  churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S) -> list[dict[str, Any]]:
+                  churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S,
+                  trending_half_life_s: float = DEFAULT_HALF_LIFE_S) -> list[dict[str, Any]]:
     """One result per (target, mode), targets outermost: the baselines, and with `model` (seed ->
     Ranker; `fit`: fit it on the train split, else use it as it is) its runs for seeds
     0..`seeds`-1 beside them as "seqstream" (mean ± std when `seeds` > 1)."""
@@ -238,7 +241,7 @@ def evaluate_runs(table: EventTable, targets: Sequence[Target], modes: Sequence[
         data = build_eval_data(table, target)
         for mode in modes:
             common = dict(chunk_size=chunk_size, churn_horizon_s=churn_horizon_s)
-            base = evaluate_data(data, {}, mode, **common)
+            base = evaluate_data(data, {}, mode, trending_half_life_s=trending_half_life_s, **common)
             if model is None:
                 results.append(base)
                 continue

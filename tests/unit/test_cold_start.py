@@ -1,11 +1,15 @@
 """Cold start in the evaluation: metrics by the user's history length, and the trending baseline."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from models.evaluate.baselines import PopRanker, TrendingRanker, find_peeking
 from models.evaluate.data import EventTable, build_eval_data
-from models.evaluate.metrics import HISTORY_BUCKETS, history_bucket, metrics_by_history, prior_events
+from models.evaluate.metrics import (HISTORY_BUCKETS, history_bucket, metrics_by_history, prior_events,
+                                     ranks_of_targets)
 from models.evaluate.protocol import aggregate_seeds, evaluate_data
 from models.evaluate.report import format_table, write_report
 from models.schema import LogEvent
@@ -88,3 +92,60 @@ def test_by_history_in_table_report_and_seed_mean(tmp_path):
     vals = [r["by_history"]["m"]["2-3"]["MRR@20"] for r in runs]
     assert cell["n"] == 3 and cell["MRR@20"] == pytest.approx(np.mean(vals)) and cell["MRR@20_std"] == pytest.approx(np.std(vals))
     assert cell["MRR@20_std"] > 0
+
+
+# ------------------------------------------------------------------------------- trending
+
+
+def _trend_log() -> list[LogEvent]:
+    """Train (ts < q = 22 + 0.2 * 78 = 37.6): u9 A0 A1 A2 A3 C4 B20 B21, u1 C22 (A4 B2 C2).
+    Test: u1 B@100 (scored), u1 A@101 (scored; B@100 is now the most recent event)."""
+    rows = [(9, A, 0), (9, A, 1), (9, A, 2), (9, A, 3), (9, C, 4), (9, B, 20), (9, B, 21), (1, C, 22),
+            (1, B, 100), (1, A, 101)]
+    return [LogEvent(u, i, "click", t * 1000, row=r) for r, (u, i, t) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("half_life_s, ranks", [
+    (1.0, [2, 3]),  # B@100: C (newest) above B; A@101: B@100 then C above A
+    (86400.0, [2, 1]),  # a day: almost plain counts before t: A then B (B's events are newer than C's)
+])
+def test_trending_ranks_by_hand(half_life_s, ranks):
+    data = build_eval_data(EventTable.from_events(_trend_log()), "item")
+    idx = data.scored_idx
+    assert len(idx) == 2
+    rk = TrendingRanker(half_life_s)
+    rk.fit(data)
+    assert list(ranks_of_targets(rk.score(data, idx), data.y[idx])) == ranks
+    pop = PopRanker()
+    pop.fit(data)
+    assert list(ranks_of_targets(pop.score(data, idx), data.y[idx])) == [3, 1]
+
+
+def test_trending_uses_only_events_strictly_before_the_target():
+    rng = np.random.default_rng(5)
+    n = 600
+    rows = zip(rng.integers(0, 40, n), rng.integers(0, 25, n), rng.integers(0, 3000, n))  # ts ties happen
+    data = build_eval_data(EventTable.from_events(
+        [LogEvent(int(u), int(i), "click", int(t) * 1000, row=r) for r, (u, i, t) in enumerate(rows)]), "item")
+    rk = TrendingRanker(600.0)
+    rk.fit(data)
+    sample = data.scored_idx[::7]
+    changed = 0
+    for i in sample:
+        i = int(i)
+        ref = rk.score(data, np.array([i]))
+        future = data.ts >= data.ts[i]  # the target, same-time events and everything later, any user
+        y = data.y.copy()
+        y[future] = (y[future] + 1) % data.n_V
+        assert np.array_equal(rk.score(dataclasses.replace(data, y=y), np.array([i])), ref), i
+        past = np.flatnonzero(~future)
+        y = data.y.copy()
+        newest = past[np.argmax(data.ts[past])]  # the newest earlier event: the largest weight
+        y[newest] = (y[newest] + 3) % data.n_V
+        changed += not np.array_equal(rk.score(dataclasses.replace(data, y=y), np.array([i])), ref)
+    assert changed >= len(sample) // 2  # the past does count
+    assert len(find_peeking(rk, data)) == 0
+    # chunked calls and a whole call agree (the state is rebuilt per call)
+    whole = rk.score(data, data.scored_idx)
+    parts = np.concatenate([rk.score(data, c) for c in np.array_split(data.scored_idx, 5)])
+    assert np.array_equal(whole, parts)
