@@ -1,5 +1,5 @@
-"""What the protocol needs from a model (`Ranker`), the three baselines (pop, repeat, item-kNN)
-and `find_peeking`, the check that a ranker never sees what it must predict."""
+"""What the protocol needs from a model (`Ranker`), the four baselines (pop, repeat, item-kNN,
+trending) and `find_peeking`, the check that a ranker never sees what it must predict."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +10,10 @@ import numpy.typing as npt
 
 from models.evaluate.data import EvalData, FloatArray, IntArray
 from models.schema import ACTIONS
+from models.trending import DEFAULT_HALF_LIFE_S, TrendingCounts
 
 
-BASELINE_NAMES: tuple[str, ...] = ("pop", "repeat", "item-knn")
+BASELINE_NAMES: tuple[str, ...] = ("pop", "repeat", "item-knn", "trending")
 
 
 @runtime_checkable
@@ -121,8 +122,51 @@ class ItemKNNRanker:
         return out
 
 
-def baseline_rankers() -> dict[str, Ranker]:
-    return {"pop": PopRanker(), "repeat": RepeatRanker(), "item-knn": ItemKNNRanker()}
+class TrendingRanker:
+    """trending: popularity decayed by event time (models/trending.py, half-life `half_life_s`),
+    then train popularity. The decayed counts are over every remaining event of every user
+    (train and test) strictly before the target's time: what a live worker has seen by then,
+    never the target itself nor anything at or after its time. Same scores for events at the
+    same time. Score = dense rank of the decayed count * |V| + popularity dense rank."""
+
+    def __init__(self, half_life_s: float = DEFAULT_HALF_LIFE_S) -> None:
+        self.half_life_s = half_life_s
+
+    def fit(self, data: EvalData) -> None:
+        _, self.pop_rank = _train_popularity(data)
+        self._ts: FloatArray | None = None
+        self._row: IntArray | None = None
+        self._order: IntArray = np.zeros(0, dtype=np.int64)
+
+    def _time_order(self, data: EvalData) -> IntArray:
+        # find_peeking's altered copies share ts and row: reuse the sort, never the targets.
+        if data.ts is not self._ts or data.row is not self._row:
+            self._ts, self._row = data.ts, data.row
+            self._order = np.lexsort((data.row, data.ts))
+        return self._order
+
+    def score(self, data: EvalData, event_idx: IntArray) -> FloatArray:
+        order = self._time_order(data)
+        ts_sorted, y_sorted = data.ts[order], data.y[order]
+        when = data.ts[event_idx]
+        out = np.empty((len(event_idx), data.n_V))
+        state = TrendingCounts(data.n_V, self.half_life_s)
+        done, last_t, row = 0, None, self.pop_rank
+        for r in np.argsort(when, kind="stable"):  # one pass in time order per call
+            t = float(when[r])
+            if t != last_t:
+                upto = int(np.searchsorted(ts_sorted, t, side="left"))  # strictly before t
+                state.observe_many(y_sorted[done:upto], ts_sorted[done:upto])
+                done, last_t = upto, t
+                dense = np.unique(state.scores(t), return_inverse=True)[1].reshape(-1)
+                row = dense * float(data.n_V) + self.pop_rank
+            out[r] = row
+        return out
+
+
+def baseline_rankers(trending_half_life_s: float = DEFAULT_HALF_LIFE_S) -> dict[str, Ranker]:
+    return {"pop": PopRanker(), "repeat": RepeatRanker(), "item-knn": ItemKNNRanker(),
+            "trending": TrendingRanker(trending_half_life_s)}
 
 
 def find_peeking(ranker: Ranker, data: EvalData, max_events: int = 50, seed: int = 0) -> IntArray:

@@ -1,5 +1,5 @@
 """Metrics: ranks with explicit tie handling (ties and NaNs count against the model),
-Recall/MRR@K, ROC-AUC, average precision, log-loss, reliability, and the action and churn
+Recall/MRR@K (overall and by the user's history length), ROC-AUC, average precision, log-loss, reliability, and the action and churn
 heads' summaries."""
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from models.schema import ACTION_INDEX, ACTIONS
 
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
+# Disjoint buckets of "earlier events of the target's user" (label, lowest, highest): cold start
+# is "<=1" (a scored target always has at least one earlier event, so in practice exactly 1).
+HISTORY_BUCKETS: tuple[tuple[str, int, float], ...] = (("<=1", 0, 1), ("2-3", 2, 3), (">3", 4, math.inf))
+HISTORY_KS: tuple[int, ...] = (20,)
 
 
 def ranks_of_targets(scores: npt.NDArray[np.floating], targets: IntArray) -> IntArray:
@@ -37,6 +41,32 @@ def ranking_metrics(ranks: IntArray, ks: Sequence[int] = KS) -> dict[str, float]
         hit = ranks <= k
         out[f"R@{k}"] = float(hit.mean()) if len(ranks) else math.nan
         out[f"MRR@{k}"] = float((hit / ranks).mean()) if len(ranks) else math.nan
+    return out
+
+
+def prior_events(start: IntArray, event_idx: IntArray) -> IntArray:
+    """Per event: how many earlier events its user has in the filtered sequence (the context the
+    model may see: train prefix plus earlier test events). `start[i]` is the user's first event."""
+    idx = np.asarray(event_idx, dtype=np.int64)
+    return idx - np.asarray(start, dtype=np.int64)[idx]
+
+
+def history_bucket(n_prior: IntArray) -> IntArray:
+    """Index into HISTORY_BUCKETS of each history length."""
+    highs = np.array([hi for _, _, hi in HISTORY_BUCKETS[:-1]], dtype=np.float64)
+    return np.searchsorted(highs, np.asarray(n_prior, dtype=np.float64), side="left").astype(np.int64)
+
+
+def metrics_by_history(ranks: IntArray, n_prior: IntArray,
+                       ks: Sequence[int] = HISTORY_KS) -> dict[str, dict[str, Any]]:
+    """{bucket label: {"n", "R@K", "MRR@K"}} over HISTORY_BUCKETS; an empty bucket has n = 0 and
+    NaN metrics. The n-weighted bucket means are the overall micro averages."""
+    ranks = np.asarray(ranks)
+    bucket = history_bucket(n_prior)
+    out: dict[str, dict[str, Any]] = {}
+    for b, (label, _, _) in enumerate(HISTORY_BUCKETS):
+        sel = ranks[bucket == b]
+        out[label] = {"n": int(len(sel)), **ranking_metrics(sel, ks)}
     return out
 
 

@@ -30,8 +30,10 @@ from tqdm import tqdm
 from models.evaluate.baselines import BASELINE_NAMES, Ranker, baseline_rankers
 from models.evaluate.churn import DEFAULT_CHURN_HORIZON_S, evaluate_churn
 from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mode, Target, build_eval_data
-from models.evaluate.metrics import KS, action_metrics, ranking_metrics, ranks_of_targets
+from models.evaluate.metrics import (KS, action_metrics, metrics_by_history, prior_events, ranking_metrics,
+                                     ranks_of_targets)
 from models.schema import LogEvent
+from models.trending import DEFAULT_HALF_LIFE_S
 
 
 CURVE_KS: tuple[int, ...] = tuple(range(1, 21))
@@ -55,6 +57,7 @@ def evaluate_data(
     churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S,
     progress: bool = True,
     fit: bool = True,
+    trending_half_life_s: float = DEFAULT_HALF_LIFE_S,
 ) -> dict[str, Any]:
     """Evaluate rankers on prepared data. See `run_evaluation` for the result's shape.
 
@@ -65,7 +68,7 @@ def evaluate_data(
     """
     if mode not in ("frozen", "online"):
         raise ValueError(f"mode must be 'frozen' or 'online', got {mode!r}")
-    all_rankers: dict[str, Ranker] = dict(baseline_rankers()) if include_baselines else {}
+    all_rankers: dict[str, Ranker] = dict(baseline_rankers(trending_half_life_s)) if include_baselines else {}
     for name in rankers:
         if name in all_rankers:
             raise ValueError(f"model name {name!r} clashes with a baseline")
@@ -132,9 +135,12 @@ def evaluate_data(
         "models": {},
     }
     curve: dict[str, list[float]] = {}
+    n_prior = prior_events(data.start, evaluated)
+    result["by_history"] = {}
     for name in all_rankers:
         r = cat(ranks[name])
         result["models"][name] = ranking_metrics(r, ks)
+        result["by_history"][name] = metrics_by_history(r, n_prior)
         curve[name] = [float((r <= k).mean()) if len(r) else math.nan for k in CURVE_KS]
     result["curve"] = {"K": list(CURVE_KS), "recall": curve}
     # Next action: the prior (train action frequencies) is the baseline every head must beat.
@@ -157,10 +163,11 @@ def run_evaluation(
     ks: Sequence[int] = KS,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run the protocol on a log. Baselines (pop, repeat, item-knn) are always included.
+    """Run the protocol on a log. Baselines (pop, repeat, item-knn, trending) are always included.
 
     Returns {"target", "mode", "n", "V", "models": {name: {"R@1", "MRR@1", ..., "R@20",
-    "MRR@20"}}} plus "curve" (Recall@1..20 per model), "action" (next-action metrics, with the
+    "MRR@20"}}} plus "by_history" ({name: {bucket: {"n", "R@20", "MRR@20"}}}, buckets "<=1", "2-3",
+    ">3" of the target's user's earlier events in the filtered sequence: metrics.HISTORY_BUCKETS), "curve" (Recall@1..20 per model), "action" (next-action metrics, with the
     train-frequency "prior" baseline) and "churn" (ROC-AUC/PR-AUC at each user's last train
     event; "rf-logreg" baseline). Extra keyword arguments go to `evaluate_data`.
     """
@@ -196,6 +203,8 @@ def aggregate_seeds(baseline_result: dict[str, Any], seed_results: list[dict[str
         if name in BASELINE_NAMES:
             continue
         result["models"][name] = _mean_std([r["models"][name] for r in seed_results])
+        result["by_history"][name] = {b: _mean_std([r["by_history"][name][b] for r in seed_results])
+                                      for b in seed_results[0]["by_history"][name]}
         curves = np.array([r["curve"]["recall"][name] for r in seed_results])
         result["curve"]["recall"][name] = curves.mean(axis=0).tolist()
         if name in seed_results[0].get("action", {}):
@@ -209,6 +218,7 @@ def merge_single(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Put one model run's entries beside the baselines, model first."""
     merged = dict(base)
     merged["models"] = {**run["models"], **base["models"]}
+    merged["by_history"] = {**run["by_history"], **base["by_history"]}
     merged["curve"] = {"K": base["curve"]["K"], "recall": {**run["curve"]["recall"], **base["curve"]["recall"]}}
     merged["action"] = {**base.get("action", {}), **{k: v for k, v in run.get("action", {}).items() if k != "prior"}}
     if "churn" in base:
@@ -221,7 +231,8 @@ def merge_single(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
 def evaluate_runs(table: EventTable, targets: Sequence[Target], modes: Sequence[Mode],
                   model: Callable[[int], Ranker] | None = None, *, fit: bool = True, seeds: int = 1,
                   chunk_size: int = 512,
-                  churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S) -> list[dict[str, Any]]:
+                  churn_horizon_s: float | None = DEFAULT_CHURN_HORIZON_S,
+                  trending_half_life_s: float = DEFAULT_HALF_LIFE_S) -> list[dict[str, Any]]:
     """One result per (target, mode), targets outermost: the baselines, and with `model` (seed ->
     Ranker; `fit`: fit it on the train split, else use it as it is) its runs for seeds
     0..`seeds`-1 beside them as "seqstream" (mean ± std when `seeds` > 1)."""
@@ -230,7 +241,7 @@ def evaluate_runs(table: EventTable, targets: Sequence[Target], modes: Sequence[
         data = build_eval_data(table, target)
         for mode in modes:
             common = dict(chunk_size=chunk_size, churn_horizon_s=churn_horizon_s)
-            base = evaluate_data(data, {}, mode, **common)
+            base = evaluate_data(data, {}, mode, trending_half_life_s=trending_half_life_s, **common)
             if model is None:
                 results.append(base)
                 continue

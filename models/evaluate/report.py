@@ -14,6 +14,24 @@ def _fmt(metrics: dict[str, Any], key: str) -> str:
     return f"{v:.4f}" + (f"±{std:.4f}" if std is not None else "")
 
 
+HISTORY_NOTE = ("by history: targets by their user's earlier events in the filtered sequence "
+                "(train prefix + earlier test events), disjoint buckets")
+
+
+def _history_cell(m: dict[str, Any]) -> str:
+    return f"{_fmt(m, 'R@20').strip()} / {_fmt(m, 'MRR@20').strip()}"
+
+
+def _history_rows(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Column heads ("<=1 (n=..)", ...) and per ranker its "R@20 / MRR@20" cells."""
+    by = result.get("by_history") or {}
+    if not by:
+        return [], []
+    first = next(iter(by.values()))
+    heads = [f"{b} (n={m['n']})" for b, m in first.items()]
+    return heads, [(name, [_history_cell(m) for m in buckets.values()]) for name, buckets in by.items()]
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of one result (one target, one mode)."""
     ks = [k[2:] for k in next(iter(result["models"].values())) if k.startswith("R@") and not k.endswith("_std")]
@@ -25,6 +43,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'model':<{width}}  " + "  ".join(f"{c:>{cell}}" for c in cols))
     for name, m in result["models"].items():
         lines.append(f"{name:<{width}}  " + "  ".join(f"{_fmt(m, c):>{cell}}" for c in cols))
+    heads, rows = _history_rows(result)
+    if rows:
+        lines.append(f"{HISTORY_NOTE}; R@20 / MRR@20")
+        hw = max(len(c) for c in heads + [c for _, cells in rows for c in cells])
+        lines.append(f"{'model':<{width}}  " + "  ".join(f"{h:>{hw}}" for h in heads))
+        for name, cells in rows:
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>{hw}}" for c in cells))
     for name, m in result.get("action", {}).items():
         lines.append(
             f"next action [{name}] n={m['n']}: AUC purchase {_fmt(m, 'auc_purchase')}, cart {_fmt(m, 'auc_cart')}; "
@@ -70,6 +95,12 @@ def write_report(results: list[dict[str, Any]], out_dir: str | Path, title: str 
         seeds = f", mean±std of {res['seeds']} seeds" if res.get("seeds") else ""
         md += [f"## {res['target']} / {res['mode']}", "", f"n = {res['n']} scored events, |V| = {res['V']}{seeds}", ""]
         md += [_markdown_table(res), ""]
+        heads, rows = _history_rows(res)
+        if rows:
+            md += ["### By history (R@20 / MRR@20)", "", HISTORY_NOTE[0].upper() + HISTORY_NOTE[1:] + ".", "",
+                   "| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+            md += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+            md.append("")
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, curve in res["curve"]["recall"].items():

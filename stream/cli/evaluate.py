@@ -14,6 +14,7 @@ from models.evaluate.data import EventTable, Mode, Target
 from models.evaluate.protocol import evaluate_runs
 from models.evaluate.report import format_table, write_report
 from models.jsonable import to_jsonable
+from models.trending import DEFAULT_HALF_LIFE_S
 
 
 def add_parser(sub) -> None:
@@ -40,6 +41,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--on-error", choices=("skip", "stop"), default="skip", help="bad rows: skip or stop")
     parser.add_argument("--churn-horizon-h", type=float, default=DEFAULT_CHURN_HORIZON_S / 3600,
                         help="churn horizon H in hours (default 24)")
+    parser.add_argument("--trending-half-life-h", type=float, default=DEFAULT_HALF_LIFE_S / 3600,
+                        help="half-life in hours of the trending baseline's event-time decay (default 24)")
     parser.add_argument("--chunk-size", type=int, default=512,
                         help="test events per step; online mode learns after each step (the worker "
                              "trains every 200-2,000 samples), so a test period shorter than one "
@@ -67,7 +70,8 @@ def _model_factory(args: argparse.Namespace) -> tuple[Any, bool] | None:
 def run_evaluate_command(args: argparse.Namespace) -> int:
     """`seqstream evaluate`: returns the process exit code."""
     checks = [(args.seeds >= 1, "--seeds must be >= 1"), (args.chunk_size >= 1, "--chunk-size must be >= 1"),
-              (args.churn_horizon_h > 0, "--churn-horizon-h must be > 0")]
+              (args.churn_horizon_h > 0, "--churn-horizon-h must be > 0"),
+              (args.trending_half_life_h > 0, "--trending-half-life-h must be > 0")]
     for ok, msg in checks:
         if not ok:
             print(f"seqstream evaluate: error: {msg}", file=sys.stderr)
@@ -102,7 +106,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
     make = factory[0] if factory is not None else None
     results = evaluate_runs(table, targets, modes, make, fit=True, seeds=seeds, chunk_size=args.chunk_size,
-                            churn_horizon_s=horizon)
+                            churn_horizon_s=horizon, trending_half_life_s=args.trending_half_life_h * 3600.0)
 
     if args.json:
         print(json.dumps(to_jsonable(results[0] if len(results) == 1 else results), indent=2))

@@ -65,7 +65,7 @@ def test_reference_figures(target, n, V, ref, mode):
     for name, (r20, mrr20) in ref.items():
         m = res["models"][name]
         assert (round(m["R@20"], 4), round(m["MRR@20"], 4)) == (r20, mrr20), name
-    assert list(res["models"]) == ["pop", "repeat", "item-knn"]
+    assert list(res["models"]) == ["pop", "repeat", "item-knn", "trending"]
     assert list(res["models"]["pop"]) == ["R@1", "MRR@1", "R@5", "MRR@5", "R@10", "MRR@10", "R@20", "MRR@20"]
 
 
@@ -400,11 +400,12 @@ def test_cli_baselines_json(tmp_path, capsys):
                                       "--report", str(tmp_path / "rep"))) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["target"] for r in out] == ["item", "category"]
-    assert set(out[0]["models"]) == {"pop", "repeat", "item-knn"} and out[0]["n"] == 2
+    assert set(out[0]["models"]) == {"pop", "repeat", "item-knn", "trending"} and out[0]["n"] == 2
     assert (tmp_path / "rep" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("flag, value", [("--seeds", "0"), ("--chunk-size", "0"), ("--churn-horizon-h", "-1")])
+@pytest.mark.parametrize("flag, value", [("--seeds", "0"), ("--chunk-size", "0"), ("--churn-horizon-h", "-1"),
+                                         ("--trending-half-life-h", "0")])
 def test_cli_bad_numbers_get_one_line(tmp_path, capsys, flag, value):
     dump = tmp_path / "log.jsonl"
     write_jsonl(HAND, dump)
@@ -440,7 +441,7 @@ def test_cli_without_gru_warns_and_runs_baselines(tmp_path, capsys, monkeypatch)
     assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--train", "--json")) == 0
     captured = capsys.readouterr()
     assert "baselines only" in captured.err
-    assert set(json.loads(captured.out)["models"]) == {"pop", "repeat", "item-knn"}
+    assert set(json.loads(captured.out)["models"]) == {"pop", "repeat", "item-knn", "trending"}
 
 
 def test_cli_seeds_mean_std(tmp_path, capsys, monkeypatch):
@@ -463,9 +464,9 @@ def test_cli_seeds_mean_std(tmp_path, capsys, monkeypatch):
     write_jsonl(_distinct_targets_log(), dump)
     assert run_evaluate_command(_args(str(dump), "--format", "jsonl", "--train", "--seeds", "3", "--json")) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["seeds"] == 3 and list(out["models"])[:3] == ["pop", "repeat", "item-knn"]
-    # the JSON contract: the model's row is "seqstream", beside the three baselines
-    assert sorted(out["models"]) == ["item-knn", "pop", "repeat", "seqstream"]
+    assert out["seeds"] == 3 and list(out["models"])[:4] == ["pop", "repeat", "item-knn", "trending"]
+    # the JSON contract: the model's row is "seqstream", beside the baselines
+    assert sorted(out["models"]) == ["item-knn", "pop", "repeat", "seqstream", "trending"]
     model = out["models"]["seqstream"]
     assert "R@20_std" in model and "MRR@20_std" in model and model["R@20_std"] >= 0
     assert "R@20_std" not in out["models"]["repeat"]
