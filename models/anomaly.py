@@ -14,11 +14,11 @@ BENCHMARKS.md "Abnormal behaviour"):
 
 - burst: over the last `burst_gaps` gaps the mean gap is at least `burst_factor` (8) times
   shorter than both the user's own typical gap and the population's; re-arms below factor 3;
-- bot: over the last `bot_gaps` gaps, a coefficient of variation <= 0.3 (score 1 - cv >= 0.7),
+- bot: over the last `bot_gaps` gaps, a coefficient of variation <= 0.2 (score 1 - cv >= 0.8),
   a median gap under 2 s (faster than a person), >= 80% distinct items and no cart or purchase;
-  re-arms when 1 - cv < 0.5 or a gate fails;
+  re-arms when 1 - cv < 0.6 or a gate fails (16 log-normal human gaps reach cv 0.3 now and then);
 - brushing: a fresh user (<= 64 events) with >= 4 carts/purchases of one item, 2+ of them
-  purchases, in the window; re-arms when that item has < 2 conversions left in the window;
+  purchases, and that item >= 50% of the window's events; re-arms when that item has < 2 conversions left in the window;
 - surprise: z >= 4 of a short EWMA of the NLL against the user's own running NLL statistics
   (after >= 20 scored events); re-arms below z = 1.
 """
@@ -41,13 +41,14 @@ class AnomalyPolicy:
     burst_factor: float = 8.0
     burst_rearm: float = 3.0
     bot_gaps: int = 16
-    bot_regularity: float = 0.7  # 1 - coefficient of variation of the gaps
-    bot_rearm: float = 0.5
+    bot_regularity: float = 0.8  # 1 - coefficient of variation of the gaps
+    bot_rearm: float = 0.6
     bot_max_median_gap_ms: int = 2_000
     bot_min_distinct: float = 0.8
     brushing_max_events: int = 64  # "fresh" user
     brushing_conversions: int = 4
     brushing_purchases: int = 2
+    brushing_item_share: float = 0.5  # of the window's events: the account is about that item
     brushing_rearm: int = 2
     surprise_z: float = 4.0
     surprise_rearm: float = 1.0
@@ -125,7 +126,8 @@ def _gaps(ts: list[int], k: int) -> list[int]:
 
 
 def _burst(st: AnomalyStats, pop: Population, p: AnomalyPolicy) -> tuple[float | None, dict]:
-    gaps = _gaps(st.ts, p.burst_gaps)
+    # events in one millisecond are one client batch (or a clamped log), not a rate
+    gaps = [g for g in _gaps(st.ts, WINDOW) if g > 0][-p.burst_gaps:]
     if len(gaps) < p.burst_gaps:
         return None, {}
     mean_gap = max(sum(gaps) / len(gaps), 1.0)
@@ -138,7 +140,7 @@ def _burst(st: AnomalyStats, pop: Population, p: AnomalyPolicy) -> tuple[float |
 
 def _bot(st: AnomalyStats, p: AnomalyPolicy) -> tuple[float | None, bool, dict]:
     """(regularity score, gates pass, evidence)."""
-    gaps = _gaps(st.ts, p.bot_gaps)
+    gaps = [g for g in _gaps(st.ts, WINDOW) if g > 0][-p.bot_gaps:]  # as in _burst
     if len(gaps) < p.bot_gaps:
         return None, False, {}
     mean = sum(gaps) / len(gaps)
@@ -164,8 +166,9 @@ def _brushing(st: AnomalyStats, p: AnomalyPolicy) -> tuple[int, int, dict]:
     if not conv:
         return 0, 0, {}
     item, (n, buys) = max(conv.items(), key=lambda kv: kv[1])
+    share = sum(i == item for i in st.items) / len(st.items)
     return n, buys, {"item_id": item, "carts_purchases": n, "purchases": buys,
-                     "user_events": st.n}
+                     "item_share": share, "user_events": st.n}
 
 
 def _update_nll(st: AnomalyStats, nll: float, p: AnomalyPolicy) -> tuple[float | None, dict]:
@@ -234,7 +237,8 @@ def observe(st: AnomalyStats, user_id: int | str, ts: int, item: int | str, acti
                        burst_ev))
     n_conv, n_buys, brush_ev = _brushing(st, p)
     hot = (st.n <= p.brushing_max_events and n_conv >= p.brushing_conversions
-           and n_buys >= p.brushing_purchases)
+           and n_buys >= p.brushing_purchases
+           and brush_ev.get("item_share", 0.0) >= p.brushing_item_share)
     checks.append(("brushing", hot, n_conv < p.brushing_rearm, float(n_conv),
                    float(p.brushing_conversions), brush_ev))
     if nll is not None:

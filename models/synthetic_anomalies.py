@@ -6,7 +6,8 @@ normal part of the log is byte-for-byte the log without anomalies:
 - bot: a fresh user clicking at a regular sub-second pace (period 0.3-0.9 s, 5% jitter) through
   60-300 distinct catalogue items, one session, never a cart or a purchase;
 - brushing: a fresh user who orders one item 2-5 times (click, cart, purchase, at a person's
-  pace); brushing users share a few target items, as a seller's hired accounts would;
+  pace), with 0-4 views of popular items mixed in; brushing users share a few target items, as
+  a seller's hired accounts would;
 - burst: an existing user (>= 40 events) who at a random one of their later events suddenly
   emits 40-80 events at 10-30 times the population's within-session rate, irregularly, over
   items they viewed before and popular ones, with a few carts.
@@ -72,12 +73,19 @@ def inject_anomalies(log: SyntheticLog, n: int) -> SyntheticLog:
     for _ in range(n):  # brushing
         orders = int(rng.integers(2, 6))
         item = int(rng.choice(targets))
-        k = 3 * orders
+        # the orders, with 0-4 views of popular items mixed in to look like a shopper
+        seq_item = np.full(3 * orders, item)
+        seq_action = np.tile([CLICK, CART, PURCHASE], orders)
+        for _ in range(int(rng.integers(0, 5))):
+            at = int(rng.integers(0, seq_item.shape[0] + 1))
+            seq_item = np.insert(seq_item, at, rng.choice(popular))
+            seq_action = np.insert(seq_action, at, CLICK)
+        k = seq_item.shape[0]
         gaps = _gaps_ms(rng, 20.0, 0.7, k)
         gaps[0] = 0
         t0 = int(rng.integers(start, max(end - int(gaps.sum()), start + 1)))
-        add(next_user, np.full(k, item), np.tile([CLICK, CART, PURCHASE], orders),
-            t0 + np.cumsum(gaps), np.full(k, next_session), "brushing", item_id=item)
+        add(next_user, seq_item, seq_action, t0 + np.cumsum(gaps), np.full(k, next_session),
+            "brushing", item_id=item)
         next_user += 1
         next_session += 1
 

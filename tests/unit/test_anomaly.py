@@ -162,3 +162,12 @@ def test_memory_is_bounded_and_stats_round_trip_msgpack():
     msg = msgpack.unpackb(msgpack.packb(alerts[0][1].message()), raw=False)
     assert msg["kind"] == "bot" and msg["user_id"] == 1 and msg["window"]["events"] > 0
     assert set(msg) >= {"score", "threshold", "event_ts", "model_version", "evidence"}
+
+
+def test_same_millisecond_batches_are_not_a_rate():
+    rng = random.Random(7)
+    ev = _normal(rng, 40, T0)
+    pile = [(ev[-1][0], 5_000 + k, 0) for k in range(40)]  # one client upload, one timestamp
+    assert _run(ev + pile)[0] == []
+    fast = [(ev[-1][0] + 400 * (k + 1), 5_000 + k, 0) for k in range(40)]
+    assert _kinds(_run(ev + fast)[0]) == ["bot"]  # the same events spread out are a bot
