@@ -107,6 +107,7 @@ class SyntheticLog:
     churn_ts: dict[int, int] = field(default_factory=dict)  # churner -> ts of their last event
     drift_ts: int | None = None
     trending_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    anomalies: dict | None = None  # injected abnormal users (models/synthetic_anomalies.py)
 
     def __len__(self) -> int:
         return int(self.ts_ms.shape[0])
@@ -128,7 +129,7 @@ class SyntheticLog:
 
     def truth(self) -> dict:
         """The ground truth as JSON-ready data (the CLI's FILE.truth.json)."""
-        return {
+        truth = {
             "config": asdict(self.config),
             "events": len(self),
             "users": int(np.unique(self.user_id).shape[0]),
@@ -138,6 +139,9 @@ class SyntheticLog:
             "trending_items": [int(x) for x in self.trending_items],
             "end_ts": int(self.config.start_ts_ms + self.config.days * DAY_MS),
         }
+        if self.anomalies is not None:  # absent without --anomalies: the same bytes as before
+            truth["anomalies"] = self.anomalies
+        return truth
 
     def write_truth(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.truth(), indent=1) + "\n", encoding="utf-8")

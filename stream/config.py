@@ -59,6 +59,7 @@ class Settings:
     churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
     churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
+    anomaly_alerts: str = "1"  # "0": no abnormal-behaviour alerts (models/anomaly.py defaults)
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off (metrics, health, dashboard)
     web_host: str = "127.0.0.1"  # bind address of the web server; non-local needs web_token for the feed
@@ -107,6 +108,10 @@ class Settings:
     @property
     def churn_alerts_topic(self) -> str:
         return self.topic("churn-alerts")
+
+    @property
+    def anomalies_topic(self) -> str:
+        return self.topic("anomalies")
 
     @property
     def churn_commands_topic(self) -> str:

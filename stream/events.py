@@ -235,6 +235,7 @@ class Prediction:
     late: bool
     user_events: int  # the user's event count after this event: state continuity
     churn_messages: tuple[dict, ...] = ()  # alerts / returns this event closed (churn-alerts)
+    anomaly_messages: tuple[dict, ...] = ()  # abnormal-behaviour alerts it raised (anomalies)
 
     def to_message(self, produced_at_ms: int | None = None) -> dict:
         ev = self.event

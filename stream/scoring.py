@@ -18,6 +18,7 @@ import torch
 from models.checkpoint import Checkpoint
 from models.config import GAP_FIRST
 from models.explore_index import ExploreIndex, predict_top_items_indexed
+from models.anomaly import AnomalyPolicy, AnomalyStats, Population, observe
 from models.gru import SeqModel
 from models.ids import id_key
 from models.ring import Recent, gap_bucket
@@ -56,8 +57,10 @@ class Scorer:
     """Turns (states, events) into (new states, predictions). Not thread-safe: one executor."""
 
     def __init__(self, scoring: ScoringModel, *, ring_size: int = 50, top_k: int = 20,
-                 churn: ChurnPolicy | None = None) -> None:
+                 churn: ChurnPolicy | None = None, anomaly: AnomalyPolicy | None = None) -> None:
         self.scoring = scoring
+        self.anomaly = anomaly  # None: no abnormal-behaviour alerts (and no stats in the state)
+        self.population = Population()  # per worker: its partitions' users
         self.ring_size = ring_size
         self.k = top_k
         self.churn = churn or ChurnPolicy()
@@ -169,6 +172,17 @@ class Scorer:
             st.hidden = self.fold(None, None, st.ring)
         st.model_version = self.scoring.version
 
+    def _anomalies(self, st: UserState, ev: Event, entry: RingEntry) -> tuple[dict, ...]:
+        """Bursts, bots and brushing (models/anomaly.py). Surprise needs the event's NLL under
+        the state before it, which this scorer does not compute yet: not scored here."""
+        if self.anomaly is None:
+            return ()
+        if st.anomaly is None:
+            st.anomaly = AnomalyStats()
+        alerts = observe(st.anomaly, ev.user_id, ev.ts, ev.item_id, entry.action, None,
+                         self.population, self.anomaly, self.scoring.version)
+        return tuple(a.message() for a in alerts)
+
     def _score_wave(self, states: dict[int, UserState], events: list[Event],
                     positions: list[int], results: list[Prediction | None]) -> None:
         wave_states: list[UserState] = []
@@ -176,6 +190,7 @@ class Scorer:
         entries: list[RingEntry] = []
         prevs: list[int | None] = []  # event time of each new event's predecessor (its gap)
         churn_msgs: list[list[dict]] = []
+        anomaly_msgs: list[tuple[dict, ...]] = []
         kept: list[int] = []
         for pos in positions:
             ev = events[pos]
@@ -195,6 +210,7 @@ class Scorer:
             prevs.append(st.last_entry.ts if st.last_entry is not None else st.anchor_ts)
             churn_msgs.append(on_event(st, ev.ts, self.churn, self.scoring.version))
             inserts.append(insert_event(st, entry, self.ring_size))
+            anomaly_msgs.append(self._anomalies(st, ev, entry))
             wave_states.append(st)
             entries.append(entry)
         positions = kept
@@ -255,4 +271,5 @@ class Scorer:
                 next_action=dict(zip(ACTIONS, action_p[row])),
                 next_items=next_items, churn_risk=churn_l[row], late=inserts[row].late,
                 user_events=st.n_events, churn_messages=tuple(churn_msgs[row]),
+                anomaly_messages=anomaly_msgs[row],
             )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from models.anomaly import AnomalyStats
 from models.schema import ACTIONS
 
 STATE_FORMAT = 1
@@ -50,6 +51,7 @@ class UserState:
     last_ts: int | None = None  # the user's own event-time high-water mark
     churn_alerted: bool = False  # one alert per inactivity episode; re-armed by a new event
     churn_risk: float = 0.0  # the model's churn risk after the last event
+    anomaly: AnomalyStats | None = None  # abnormal-behaviour running stats; None when off
 
     @property
     def last_entry(self) -> RingEntry | None:
@@ -106,7 +108,7 @@ def encode_state(state: UserState) -> bytes:
     """msgpack bytes; times delta-encoded so a 50-event ring stays around 1 KB."""
     ts = [e.ts for e in state.ring]
     ts_deltas = [ts[0]] + [b - a for a, b in zip(ts, ts[1:])] if ts else []
-    return msgpack.packb({
+    d = {
         "f": STATE_FORMAT,
         "u": state.user_id,
         "i": [e.item for e in state.ring],
@@ -126,7 +128,10 @@ def encode_state(state: UserState) -> bytes:
         "lt": state.last_ts,
         "ca": state.churn_alerted,
         "cr": round(float(state.churn_risk), 6),
-    }, use_bin_type=True)
+    }
+    if state.anomaly is not None:  # optional key: format 1 without it still decodes
+        d["an"] = state.anomaly.to_dict()
+    return msgpack.packb(d, use_bin_type=True)
 
 
 def decode_state(data: bytes) -> UserState:
@@ -143,4 +148,5 @@ def decode_state(data: bytes) -> UserState:
         anchor_ts=d["at"], model_version=d["mv"], n_events=d["n"], n_by_action=list(d["na"]),
         n_late=d["nl"], n_too_late=d["ntl"], first_ts=d["ft"], last_ts=d["lt"],
         churn_alerted=d["ca"], churn_risk=d.get("cr", 0.0),
+        anomaly=AnomalyStats.from_dict(d["an"]) if d.get("an") is not None else None,
     )

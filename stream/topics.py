@@ -37,6 +37,7 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
         TopicSpec(settings.predictions_topic, partitions, week),
         TopicSpec(settings.dead_letter_topic, partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicSpec(settings.churn_alerts_topic, partitions, week),
+        TopicSpec(settings.anomalies_topic, partitions, week),
         TopicSpec(settings.churn_commands_topic, partitions, {"retention.ms": str(24 * 3600 * 1000)}),
         TopicSpec(settings.state_changelog_topic, partitions, compact),
         TopicSpec(settings.model_updates_topic, 1, compact),

@@ -27,6 +27,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--drift", action="store_true",
                    help="at --drift-at of the timeline new items trend and interests shift")
     p.add_argument("--drift-at", type=float, default=0.6, help="fraction of the timeline (0.6)")
+    p.add_argument("--anomalies", type=int, default=0, metavar="N",
+                   help="add N labelled abnormal users per kind (bot, brushing, burst; default 0)")
     p.add_argument("--out", type=Path, default=None, help="FILE.jsonl or FILE.msgpack")
     p.add_argument("--truth", type=Path, default=None,
                    help="ground-truth JSON (default FILE.truth.json beside --out)")
@@ -38,6 +40,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.synthetic import GeneratorConfig, generate
+    from models.synthetic_anomalies import inject_anomalies
 
     def fail(message: str) -> int:
         print(f"seqstream generate: {message}", file=sys.stderr)
@@ -56,12 +59,16 @@ def run(args: argparse.Namespace) -> int:
                               drift_at=args.drift_at).validate()
     except ValueError as exc:
         return fail(str(exc))
-    log = generate(cfg)
+    if args.anomalies < 0:
+        return fail(f"--anomalies must be at least 0, got {args.anomalies}")
+    log = inject_anomalies(generate(cfg), args.anomalies)
     progress = not args.no_progress
     truth = args.truth or (truth_path(args.out) if args.out is not None else None)
     if args.out is not None:
         n = write_log(log, args.out, progress)
-        print(f"wrote {n} events ({cfg.users} users, {len(log.churners)} churners) to {args.out}")
+        extra = f", {len(log.anomalies['users'])} abnormal" if log.anomalies else ""
+        print(f"wrote {n} events ({cfg.users} users, {len(log.churners)} churners{extra}) "
+              f"to {args.out}")
     if truth is not None:
         log.write_truth(truth)
         print(f"ground truth in {truth}")

@@ -41,6 +41,9 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="...if the last churn risk is at least this (default 0: any user)")
     p.add_argument("--churn-sweep-s", type=float, default=None,
                    help="how often the churn sweep runs, wall seconds (default 5)")
+    p.add_argument("--no-anomaly-alerts", dest="anomaly_alerts", action="store_const", const="0",
+                   default=None, help="no bursts/bots/brushing alerts on the anomalies topic "
+                                      "(env SEQSTREAM_ANOMALY_ALERTS=0)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-online", dest="online", action="store_const", const="0", default=None,
                    help="do not learn online (env SEQSTREAM_ONLINE=0); model versions are still followed")

@@ -21,6 +21,7 @@ class Wiring:
     predictions: Any
     dead_letter: Any
     churn_alerts: Any
+    anomalies: Any
     churn_commands: Any  # sweep -> the agent that owns the table (timers cannot write tables)
     states: Any  # faust Table: user key bytes -> encoded UserState bytes
     partitions: int
@@ -87,6 +88,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         predictions=app.topic(settings.predictions_topic, **raw),
         dead_letter=app.topic(settings.dead_letter_topic, **raw),
         churn_alerts=app.topic(settings.churn_alerts_topic, **raw),
+        anomalies=app.topic(settings.anomalies_topic, **raw),
         churn_commands=app.topic(settings.churn_commands_topic, **raw),
         states=states,
         partitions=partitions,

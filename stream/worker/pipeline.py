@@ -215,6 +215,10 @@ class ScoringPipeline:
                 await send_prediction(key=key, value=value)
                 for msg in p.churn_messages:
                     await self.send_churn(key, msg, p.event.partition, p.user_id, p.churn_risk)
+                for msg in p.anomaly_messages:
+                    self.metrics.anomaly_alerts += 1
+                    await self.wiring.anomalies.send(
+                        key=key, value=msgpack.packb(msg, use_bin_type=True), partition=p.event.partition)
             self.metrics.predictions += len(predictions)
             self._observe_sent(valid, events, now_ms)
             self.feed.add_predictions(predictions)

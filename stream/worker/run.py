@@ -49,6 +49,7 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
 def run_worker(settings: Settings) -> int:
     import faust
 
+    from models.anomaly import AnomalyPolicy
     from stream.churn import ChurnPolicy
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
@@ -76,11 +77,12 @@ def run_worker(settings: Settings) -> int:
                          risk_threshold=settings.churn_risk_threshold,
                          allowed_lateness_ms=settings.allowed_lateness_ms)
     ring = settings.ring or scoring.model.cfg.ring  # the copy path was trained on this length
+    anomaly = AnomalyPolicy() if settings.anomaly_alerts != "0" else None
     # reads input records outside faust when some never reached the agent (worker/delivery.py)
     probe = RecordProbe(bootstrap, settings.app_id, kafka_client_options(settings), isolation_level=(
         "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"))
     pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring, top_k=settings.top_k,
-                                                        churn=policy), probe)
+                                                        churn=policy, anomaly=anomaly), probe)
     register_agents(wiring, pipeline)
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
