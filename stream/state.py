@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from models.interests import InterestProfile
 from models.schema import ACTIONS
 
 STATE_FORMAT = 1
@@ -50,6 +51,10 @@ class UserState:
     last_ts: int | None = None  # the user's own event-time high-water mark
     churn_alerted: bool = False  # one alert per inactivity episode; re-armed by a new event
     churn_risk: float = 0.0  # the model's churn risk after the last event
+    # interest profiles (issue 19): decayed category counts, and the top interests last sent
+    # to the `profiles` topic (None: never), to decide when a change is worth publishing
+    interests: InterestProfile = field(default_factory=InterestProfile)
+    profile_sent: list | None = None
 
     @property
     def last_entry(self) -> RingEntry | None:
@@ -126,6 +131,7 @@ def encode_state(state: UserState) -> bytes:
         "lt": state.last_ts,
         "ca": state.churn_alerted,
         "cr": round(float(state.churn_risk), 6),
+        **_pack_interests(state),
     }, use_bin_type=True)
 
 
@@ -142,5 +148,20 @@ def decode_state(data: bytes) -> UserState:
         user_id=d["u"], ring=ring, hidden=_unpack_vector(d["h"]), anchor=_unpack_vector(d["ah"]),
         anchor_ts=d["at"], model_version=d["mv"], n_events=d["n"], n_by_action=list(d["na"]),
         n_late=d["nl"], n_too_late=d["ntl"], first_ts=d["ft"], last_ts=d["lt"],
-        churn_alerted=d["ca"], churn_risk=d.get("cr", 0.0),
+        churn_alerted=d["ca"], churn_risk=d.get("cr", 0.0), **_unpack_interests(d.get("ip")),
     )
+
+
+def _pack_interests(state: UserState) -> dict:
+    """The optional "ip" key (interest profiles): left out while the user has none, so state
+    bytes without it (older workers, logs without categories) decode to an empty profile."""
+    if not state.interests and state.profile_sent is None:
+        return {}
+    return {"ip": [state.interests.to_wire(), state.profile_sent]}
+
+
+def _unpack_interests(packed: list | None) -> dict:
+    if packed is None:
+        return {}
+    profile, sent = packed
+    return {"interests": InterestProfile.from_wire(profile), "profile_sent": sent}
