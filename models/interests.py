@@ -40,6 +40,17 @@ DEFAULT_PUBLISH_THRESHOLD = 0.1
 _EPS = 1e-12  # counts below this (about 40 half-lives old) are dropped
 
 
+@dataclass(frozen=True)
+class InterestPolicy:
+    """How the worker keeps and publishes profiles (Settings: interests_*, profiles_threshold)."""
+
+    half_life_ms: int = DEFAULT_HALF_LIFE_MS
+    cap: int = DEFAULT_CAP
+    blend: float = DEFAULT_BLEND  # 0: the user's own history only (and no model call)
+    k: int = DEFAULT_TOP
+    publish_threshold: float = DEFAULT_PUBLISH_THRESHOLD
+
+
 @dataclass
 class InterestProfile:
     """Decayed category counts of one user, as of event time `ref_ts` (ms)."""

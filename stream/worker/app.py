@@ -22,6 +22,7 @@ class Wiring:
     dead_letter: Any
     churn_alerts: Any
     churn_commands: Any  # sweep -> the agent that owns the table (timers cannot write tables)
+    profiles: Any  # compacted: a user's interests when they changed materially
     states: Any  # faust Table: user key bytes -> encoded UserState bytes
     partitions: int
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         dead_letter=app.topic(settings.dead_letter_topic, **raw),
         churn_alerts=app.topic(settings.churn_alerts_topic, **raw),
         churn_commands=app.topic(settings.churn_commands_topic, **raw),
+        profiles=app.topic(settings.profiles_topic, **raw),
         states=states,
         partitions=partitions,
     )

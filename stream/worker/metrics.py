@@ -71,6 +71,7 @@ class WorkerMetrics:
     late: int = 0  # arrived after a later event of the same user
     churn_alerts: int = 0
     churn_returns: int = 0
+    profiles: int = 0  # interest profiles sent (published on a material change)
     sweeps: int = 0
     buffered: int = 0  # events waiting in the reorder buffer (gauge)
     redeliveries: int = 0  # events the state already held (at-least-once redelivery)
@@ -96,6 +97,7 @@ class WorkerMetrics:
             "late": self.late,
             "churn_alerts": self.churn_alerts,
             "churn_returns": self.churn_returns,
+            "profiles": self.profiles,
             "mean_sweep_ms": round(1000 * self.sweep_seconds / max(self.sweeps, 1), 3),
             "buffered": self.buffered,
             "redeliveries_skipped": self.redeliveries,

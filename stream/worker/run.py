@@ -49,6 +49,7 @@ def load_scoring_model(settings: Settings) -> ScoringModel:
 def run_worker(settings: Settings) -> int:
     import faust
 
+    from models.interests import InterestPolicy
     from stream.churn import ChurnPolicy
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
@@ -74,8 +75,11 @@ def run_worker(settings: Settings) -> int:
                          risk_threshold=settings.churn_risk_threshold,
                          allowed_lateness_ms=settings.allowed_lateness_ms)
     ring = settings.ring or scoring.model.cfg.ring  # the copy path was trained on this length
-    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring,
-                                                        top_k=settings.top_k, churn=policy))
+    interests = InterestPolicy(half_life_ms=settings.interests_half_life_ms,
+                               blend=settings.interests_blend,
+                               publish_threshold=settings.profiles_threshold)
+    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring, top_k=settings.top_k,
+                                                        churn=policy, interests=interests))
     register_agents(wiring, pipeline)
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,

@@ -92,3 +92,20 @@ def test_publish_when_the_set_changes_or_a_weight_moves_past_the_threshold():
     assert changed_materially(last, [[1, 0.5], [3, 0.3]], threshold=0.1)  # the set changed
     assert changed_materially(last, [[2, 0.3], [1, 0.5], [4, 0.01]], threshold=0.1)
     assert not changed_materially(last, [[2, 0.3], [1, 0.5]], threshold=0.1)  # order alone is not
+
+
+def test_the_profiles_topic_is_compacted_keyed_like_predictions_and_configurable():
+    from stream.config import ConfigError, Settings
+    from stream.topics import topic_specs
+
+    settings = Settings(prefix="shop.")
+    specs = {s.name: s for s in topic_specs(settings, 6)}
+    profiles = specs["shop.profiles"]
+    assert settings.profiles_topic == "shop.profiles"
+    assert profiles.config == {"cleanup.policy": "compact"}
+    assert profiles.partitions == specs[settings.predictions_topic].partitions == 6
+    env = Settings.from_env({"SEQSTREAM_INTERESTS_BLEND": "0", "SEQSTREAM_PROFILES_THRESHOLD": "0.25",
+                             "SEQSTREAM_INTERESTS_HALF_LIFE_MS": "3600000"})
+    assert (env.interests_blend, env.profiles_threshold, env.interests_half_life_ms) == (0.0, 0.25, 3_600_000)
+    with pytest.raises(ConfigError, match="interests blend"):
+        Settings(interests_blend=1.5).validate()
