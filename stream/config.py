@@ -61,7 +61,7 @@ class Settings:
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     # interest profiles (models/interests.py): category counts halve per this much event time,
     # the model's category probabilities get this share of each weight, and a user's profile is
-    # republished on `profiles` when its top-5 set changes or a weight moves by more than this
+    # republished on `profiles` when some category's weight moved by more than this
     interests_half_life_ms: int = 3 * 24 * 3600 * 1000
     interests_blend: float = 0.3
     profiles_threshold: float = 0.1

@@ -83,15 +83,17 @@ def test_wire_round_trip_keeps_string_and_int_ids():
     assert InterestProfile.from_wire(None) == InterestProfile()
 
 
-def test_publish_when_the_set_changes_or_a_weight_moves_past_the_threshold():
-    last = [[1, 0.5], [2, 0.3]]
-    assert changed_materially(None, [[1, 1.0]])
+def test_publish_when_a_weight_moves_past_the_threshold_entering_and_leaving_included():
+    last = [[1, 0.5], [2, 0.3], [3, 0.02]]
+    assert changed_materially(None, [[1, 1.0]])  # the first interests are news
     assert not changed_materially(None, [])
-    assert not changed_materially(last, [[1, 0.55], [2, 0.25]], threshold=0.1)
-    assert changed_materially(last, [[1, 0.65], [2, 0.25]], threshold=0.1)
-    assert changed_materially(last, [[1, 0.5], [3, 0.3]], threshold=0.1)  # the set changed
-    assert changed_materially(last, [[2, 0.3], [1, 0.5], [4, 0.01]], threshold=0.1)
-    assert not changed_materially(last, [[2, 0.3], [1, 0.5]], threshold=0.1)  # order alone is not
+    assert not changed_materially(last, [[1, 0.55], [2, 0.25], [3, 0.02]], threshold=0.1)
+    assert changed_materially(last, [[1, 0.65], [2, 0.25], [3, 0.02]], threshold=0.1)
+    assert changed_materially(last, [[1, 0.5], [4, 0.3], [3, 0.02]], threshold=0.1)  # 2 left, 4 came
+    # a light category swapping places at the tail is not material; order alone is not either
+    assert not changed_materially(last, [[1, 0.5], [2, 0.3], [5, 0.03]], threshold=0.1)
+    assert not changed_materially(last, [[2, 0.3], [1, 0.5], [3, 0.02]], threshold=0.1)
+    assert changed_materially(last, [[1, 0.5], [2, 0.3], [5, 0.03]], threshold=0.01)
 
 
 def test_the_profiles_topic_is_compacted_keyed_like_predictions_and_configurable():
