@@ -64,7 +64,7 @@ class Settings:
     # republished on `profiles` when some category's weight moved by more than this
     interests_half_life_ms: int = 3 * 24 * 3600 * 1000
     interests_blend: float = 0.3
-    profiles_threshold: float = 0.1
+    profiles_threshold: float = 0.2
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off (metrics, health, dashboard)
     web_host: str = "127.0.0.1"  # bind address of the web server; non-local needs web_token for the feed
