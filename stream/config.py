@@ -60,6 +60,12 @@ class Settings:
     churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
     anomaly_alerts: str = "1"  # "0": no abnormal-behaviour alerts (models/anomaly.py defaults)
+    # interest profiles (models/interests.py): category counts halve per this much event time,
+    # the model's category probabilities get this share of each weight, and a user's profile is
+    # republished on `profiles` when some category's weight moved by more than this
+    interests_half_life_ms: int = 3 * 24 * 3600 * 1000
+    interests_blend: float = 0.3
+    profiles_threshold: float = 0.2
     processing_guarantee: str = "at_least_once"
     web_port: int = 0  # 0: faust's web server off (metrics, health, dashboard)
     web_host: str = "127.0.0.1"  # bind address of the web server; non-local needs web_token for the feed
@@ -118,6 +124,10 @@ class Settings:
         return self.topic("churn-commands")
 
     @property
+    def profiles_topic(self) -> str:
+        return self.topic("profiles")
+
+    @property
     def model_updates_topic(self) -> str:
         return self.topic("model-updates")
 
@@ -153,6 +163,12 @@ class Settings:
                               f"got {self.processing_guarantee!r}")
         if not 0.0 <= self.churn_risk_threshold <= 1.0:
             raise ConfigError(f"churn risk threshold must be in 0..1, got {self.churn_risk_threshold}")
+        if self.interests_half_life_ms < 1:
+            raise ConfigError(f"interests half-life must be at least 1 ms, got {self.interests_half_life_ms}")
+        if not 0.0 <= self.interests_blend <= 1.0:
+            raise ConfigError(f"interests blend must be in 0..1, got {self.interests_blend}")
+        if not 0.0 <= self.profiles_threshold <= 1.0:
+            raise ConfigError(f"profiles threshold must be in 0..1, got {self.profiles_threshold}")
         if self.order_grace_ms < 0:
             raise ConfigError(f"order grace must not be negative, got {self.order_grace_ms}")
         if self.churn_inactivity_ms < 1 or self.allowed_lateness_ms < 0:

@@ -10,7 +10,8 @@ the canonical user id as text: decimal ASCII for an integer, the UTF-8 string ot
 The topic names the action.
 
 Predictions go out keyed by the same user key, one msgpack map per scored event
-(`Prediction.to_message`, packed by `encode_predictions`).
+(`Prediction.to_message`, packed by `encode_predictions`); so do profiles, on the compacted
+`profiles` topic, when a user's interests changed materially (`encode_profile`).
 """
 from __future__ import annotations
 
@@ -236,6 +237,10 @@ class Prediction:
     user_events: int  # the user's event count after this event: state continuity
     churn_messages: tuple[dict, ...] = ()  # alerts / returns this event closed (churn-alerts)
     anomaly_messages: tuple[dict, ...] = ()  # abnormal-behaviour alerts it raised (anomalies)
+    # interest profiles (models/interests.py): up to 5 [category id, weight], heaviest first;
+    # and the `profiles` message when they changed materially (else None)
+    interests: list[list] = field(default_factory=list)
+    profile: dict | None = None
 
     def to_message(self, produced_at_ms: int | None = None) -> dict:
         ev = self.event
@@ -249,6 +254,7 @@ class Prediction:
             "churn_risk": self.churn_risk,
             "late": self.late,
             "user_events": self.user_events,
+            "interests": self.interests,  # [[category id, weight], ...]; [] without categories
             "produced_at": produced_at_ms if produced_at_ms is not None else int(time.time() * 1000),
         }
 
@@ -257,3 +263,8 @@ def encode_predictions(predictions: Sequence[Prediction], produced_at_ms: int) -
     """The prediction-topic values of one batch, in order (one msgpack packer for the batch)."""
     pack = msgpack.Packer(use_bin_type=True).pack
     return [pack(p.to_message(produced_at_ms)) for p in predictions]
+
+
+def encode_profile(profile: dict) -> bytes:
+    """The `profiles` topic value: {user_id, interests, event_ts, model_version} (Prediction.profile)."""
+    return msgpack.packb(profile, use_bin_type=True)

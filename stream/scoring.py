@@ -21,6 +21,7 @@ from models.explore_index import ExploreIndex, predict_top_items_indexed
 from models.anomaly import AnomalyPolicy, AnomalyStats, Population, observe
 from models.gru import SeqModel
 from models.ids import id_key
+from models.interests import MODEL_TOP, InterestPolicy, changed_materially
 from models.ring import Recent, gap_bucket
 from models.vocab import Vocab
 from models.schema import ACTION_INDEX, ACTIONS
@@ -57,13 +58,15 @@ class Scorer:
     """Turns (states, events) into (new states, predictions). Not thread-safe: one executor."""
 
     def __init__(self, scoring: ScoringModel, *, ring_size: int = 50, top_k: int = 20,
-                 churn: ChurnPolicy | None = None, anomaly: AnomalyPolicy | None = None) -> None:
+                 churn: ChurnPolicy | None = None, anomaly: AnomalyPolicy | None = None,
+                 interests: InterestPolicy | None = None) -> None:
         self.scoring = scoring
         self.anomaly = anomaly  # None: no abnormal-behaviour alerts (and no stats in the state)
         self.population = Population()  # per worker: its partitions' users
         self.ring_size = ring_size
         self.k = top_k
         self.churn = churn or ChurnPolicy()
+        self.interests = interests or InterestPolicy()
         self.redeliveries = 0  # events skipped because their state already holds them
 
     def swap(self, scoring: ScoringModel) -> None:
@@ -142,6 +145,29 @@ class Scorer:
         return Recent(items=t(items), categories=t(cats), actions=t(acts),
                       age=t(np.where(mask, ages, 0)), mask=t(mask))
 
+    def _model_categories(self, h: torch.Tensor, recent: Recent) -> list[dict] | None:
+        """Per row, the model's MODEL_TOP likeliest next categories {category id: probability}
+        (softmax of category_logits), ids in the catalogue's own type like next_items; None when
+        the blend is off or the model knows no categories."""
+        cats = self.scoring.categories
+        if self.interests.blend <= 0 or len(cats) <= 2:
+            return None
+        probs = torch.softmax(self.scoring.model.category_logits(h, recent).float(), dim=-1)
+        values, indices = probs.topk(min(MODEL_TOP, probs.shape[1]), -1)
+        ids = cats.ids_of(indices.cpu().numpy())
+        return [dict(zip(i, p)) for i, p in zip(ids, values.cpu().numpy().tolist())]
+
+    def _profile_update(self, st: UserState, model_cats: dict | None) -> tuple[list, dict | None]:
+        """The user's top interests now, and the `profiles` message when they changed materially
+        since the last one published (which then becomes the last published)."""
+        pol = self.interests
+        top = st.interests.top(pol.k, model_cats, pol.blend)
+        if not changed_materially(st.profile_sent, top, pol.publish_threshold):
+            return top, None
+        st.profile_sent = top
+        return top, {"user_id": st.user_id, "interests": top, "event_ts": st.interests.ref_ts,
+                     "model_version": self.scoring.version}
+
     # -- the batch -------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -211,6 +237,7 @@ class Scorer:
             churn_msgs.append(on_event(st, ev.ts, self.churn, self.scoring.version))
             inserts.append(insert_event(st, entry, self.ring_size))
             anomaly_msgs.append(self._anomalies(st, ev, entry))
+            st.interests.observe(ev.category_id, ev.ts, self.interests.half_life_ms, self.interests.cap)
             wave_states.append(st)
             entries.append(entry)
         positions = kept
@@ -240,12 +267,14 @@ class Scorer:
                 st.hidden = self.fold(st.anchor, st.anchor_ts, st.ring)
         # 4. One batched predict for the whole wave.
         h = self._hidden([st.hidden for st in wave_states])
+        recent = self._recent(wave_states)
         if self.scoring.explore_index is not None:  # retrieval (issue 23): ANN explore path
             values, indices, action_logits, churn_logit = predict_top_items_indexed(
-                self.scoring.model, self.scoring.explore_index, h, self._recent(wave_states), self.k)
+                self.scoring.model, self.scoring.explore_index, h, recent, self.k)
         else:
             values, indices, action_logits, churn_logit = self.scoring.model.predict_top_items(
-                h, self._recent(wave_states), self.k)
+                h, recent, self.k)
+        model_cats = self._model_categories(h, recent)
         # numpy -> Python lists once per wave: per-element float()/round() calls cost more
         # than the model on small waves
         action_p = np.round(torch.softmax(action_logits, dim=-1).cpu().numpy(), 6).tolist()
@@ -266,10 +295,12 @@ class Scorer:
                 next_items = list(zip(raw_l[row], scores_l[row]))
             else:  # fewer than k candidates (tiny catalogue): drop the -inf padding
                 next_items = [(i, v) for i, v, ok in zip(raw_l[row], scores_l[row], finite[row]) if ok]
+            interests, profile = self._profile_update(st, model_cats[row] if model_cats else None)
             results[pos] = Prediction(
                 user_id=ev.user_id, event=ev, model_version=version,
                 next_action=dict(zip(ACTIONS, action_p[row])),
                 next_items=next_items, churn_risk=churn_l[row], late=inserts[row].late,
                 user_events=st.n_events, churn_messages=tuple(churn_msgs[row]),
                 anomaly_messages=anomaly_msgs[row],
+                interests=interests, profile=profile,
             )

@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 
 from models.anomaly import AnomalyStats
+from models.interests import InterestProfile
 from models.schema import ACTIONS
 
 STATE_FORMAT = 1
@@ -52,6 +53,10 @@ class UserState:
     churn_alerted: bool = False  # one alert per inactivity episode; re-armed by a new event
     churn_risk: float = 0.0  # the model's churn risk after the last event
     anomaly: AnomalyStats | None = None  # abnormal-behaviour running stats; None when off
+    # interest profiles (issue 19): decayed category counts, and the top interests last sent
+    # to the `profiles` topic (None: never), to decide when a change is worth publishing
+    interests: InterestProfile = field(default_factory=InterestProfile)
+    profile_sent: list | None = None
 
     @property
     def last_entry(self) -> RingEntry | None:
@@ -129,8 +134,10 @@ def encode_state(state: UserState) -> bytes:
         "ca": state.churn_alerted,
         "cr": round(float(state.churn_risk), 6),
     }
-    if state.anomaly is not None:  # optional key: format 1 without it still decodes
+    # optional keys: format 1 without them still decodes
+    if state.anomaly is not None:
         d["an"] = state.anomaly.to_dict()
+    d.update(_pack_interests(state))
     return msgpack.packb(d, use_bin_type=True)
 
 
@@ -149,4 +156,20 @@ def decode_state(data: bytes) -> UserState:
         n_late=d["nl"], n_too_late=d["ntl"], first_ts=d["ft"], last_ts=d["lt"],
         churn_alerted=d["ca"], churn_risk=d.get("cr", 0.0),
         anomaly=AnomalyStats.from_dict(d["an"]) if d.get("an") is not None else None,
+        **_unpack_interests(d.get("ip")),
     )
+
+
+def _pack_interests(state: UserState) -> dict:
+    """The optional "ip" key (interest profiles): left out while the user has none, so state
+    bytes without it (older workers, logs without categories) decode to an empty profile."""
+    if not state.interests and state.profile_sent is None:
+        return {}
+    return {"ip": [state.interests.to_wire(), state.profile_sent]}
+
+
+def _unpack_interests(packed: list | None) -> dict:
+    if packed is None:
+        return {}
+    profile, sent = packed
+    return {"interests": InterestProfile.from_wire(profile), "profile_sent": sent}

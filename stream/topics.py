@@ -39,6 +39,8 @@ def topic_specs(settings: Settings, partitions: int) -> list[TopicSpec]:
         TopicSpec(settings.churn_alerts_topic, partitions, week),
         TopicSpec(settings.anomalies_topic, partitions, week),
         TopicSpec(settings.churn_commands_topic, partitions, {"retention.ms": str(24 * 3600 * 1000)}),
+        # the latest profile per user (key = user key) stays; older ones are compacted away
+        TopicSpec(settings.profiles_topic, partitions, compact),
         TopicSpec(settings.state_changelog_topic, partitions, compact),
         TopicSpec(settings.model_updates_topic, 1, compact),
         TopicSpec(settings.topic("training-samples"), 1, {"retention.ms": str(24 * 3600 * 1000)}),

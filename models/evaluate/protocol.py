@@ -32,6 +32,7 @@ from models.evaluate.churn import DEFAULT_CHURN_HORIZON_S, evaluate_churn
 from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mode, Target, build_eval_data
 from models.evaluate.metrics import (KS, action_metrics, metrics_by_history, prior_events, ranking_metrics,
                                      ranks_of_targets)
+from models.evaluate.interests import evaluate_interests
 from models.schema import LogEvent
 from models.trending import DEFAULT_HALF_LIFE_S
 
@@ -84,6 +85,8 @@ def evaluate_data(
 
     # Churn is evaluated at each user's last train event: before any online learning.
     churn = evaluate_churn(data, churn_horizon_s, rankers) if churn_horizon_s else None
+    # Interest profiles (issue 19): also once, after fitting
+    interests = evaluate_interests(data, rankers, include_baseline=include_baselines)
 
     scored = data.scored_idx
     if mode == "online":
@@ -152,6 +155,8 @@ def evaluate_data(
     result["action"] = action
     if churn is not None:
         result["churn"] = churn
+    if interests is not None:
+        result["interests"] = interests
     return result
 
 
@@ -211,6 +216,8 @@ def aggregate_seeds(baseline_result: dict[str, Any], seed_results: list[dict[str
             result["action"][name] = _mean_std([r["action"][name] for r in seed_results])
         if name in seed_results[0].get("churn", {}).get("models", {}):
             result["churn"]["models"][name] = _mean_std([r["churn"]["models"][name] for r in seed_results])
+        if name in seed_results[0].get("interests", {}).get("models", {}):
+            result["interests"]["models"][name] = _mean_std([r["interests"]["models"][name] for r in seed_results])
     return result
 
 
@@ -225,6 +232,9 @@ def merge_single(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         churn = dict(base["churn"])
         churn["models"] = {**base["churn"]["models"], **run.get("churn", {}).get("models", {})}
         merged["churn"] = churn
+    if "interests" in base:
+        merged["interests"] = {**base["interests"], "models": {
+            **run.get("interests", {}).get("models", {}), **base["interests"]["models"]}}
     return merged
 
 

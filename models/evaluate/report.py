@@ -65,7 +65,29 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{head} [{name}] positive rate {_fmt(m, 'pos_rate')}: "
                 f"ROC-AUC {_fmt(m, 'roc_auc')}, PR-AUC {_fmt(m, 'pr_auc')}"
             )
+    lines += _interest_lines(result)
     return "\n".join(lines)
+
+
+def _interest_lines(result: dict[str, Any]) -> list[str]:
+    """Interest profiles: next event's category in the top-1 / top-5 interests."""
+    it = result.get("interests")
+    if not it:
+        return []
+    head = f"interests half-life {it['half_life_h']:g}h n={it['n']}"
+    return [f"{head} [{name}] next category in top-1 {_fmt(m, 'top1')}, top-5 {_fmt(m, 'top5')}"
+            for name, m in it["models"].items()]
+
+
+def _interest_markdown(result: dict[str, Any]) -> list[str]:
+    it = result.get("interests")
+    if not it:
+        return []
+    md = [f"### Interests (half-life {it['half_life_h']:g} h, model blend {it['blend']:g}, n = {it['n']})", "",
+          "Share of scored events whose category is in the user's top-1 / top-5 interests before it.", "",
+          "| profile | top-1 | top-5 |", "|---|---|---|"]
+    md += [f"| {name} | {_fmt(m, 'top1').strip()} | {_fmt(m, 'top5').strip()} |" for name, m in it["models"].items()]
+    return md + [""]
 
 
 def _markdown_table(result: dict[str, Any]) -> str:
@@ -150,6 +172,7 @@ def write_report(results: list[dict[str, Any]], out_dir: str | Path, title: str 
                 for name, m in churn["models"].items():
                     md.append(f"| {name} | " + " | ".join(_fmt(m, k).strip() for k in ("pos_rate", "roc_auc", "pr_auc")) + " |")
                 md.append("")
+        md += _interest_markdown(res)
     path = out / "report.md"
     path.write_text("\n".join(md), encoding="utf-8")
     return path

@@ -93,6 +93,13 @@ class GRURanker:
         cols = (self.item_vocab if item else self.cat_vocab).index(data.V)
         return logits[:, torch.as_tensor(cols)].double().numpy()
 
+    def category_top(self, data: Any, event_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The model's k likeliest next categories before each event: (raw ids [n, k], softmax
+        probabilities [n, k]), as the worker blends them into interests (stream/scoring.py)."""
+        logits = self._predict(data, np.asarray(event_idx, dtype=np.int64) - 1, "category_logits")
+        values, indices = torch.softmax(logits.float(), -1).topk(min(k, logits.shape[1]), -1)
+        return self.cat_vocab.raw(indices.numpy()), values.numpy()
+
     def action_probs(self, data: Any, event_idx: np.ndarray) -> np.ndarray:
         logits = self._predict(data, np.asarray(event_idx, dtype=np.int64) - 1, "action_logits")
         return torch.softmax(logits.double(), -1).numpy()

@@ -44,6 +44,12 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-anomaly-alerts", dest="anomaly_alerts", action="store_const", const="0",
                    default=None, help="no bursts/bots/brushing alerts on the anomalies topic "
                                       "(env SEQSTREAM_ANOMALY_ALERTS=0)")
+    p.add_argument("--interests-half-life-ms", type=int, default=None,
+                   help="interest profiles: category counts halve per this much event time (default 3 days)")
+    p.add_argument("--interests-blend", type=float, default=None,
+                   help="share of each interest weight from the model's category predictions (default 0.3; 0: history only)")
+    p.add_argument("--profiles-threshold", type=float, default=None,
+                   help="republish a profile when some category's weight moved by more than this (default 0.2)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-online", dest="online", action="store_const", const="0", default=None,
                    help="do not learn online (env SEQSTREAM_ONLINE=0); model versions are still followed")

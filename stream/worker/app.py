@@ -23,6 +23,7 @@ class Wiring:
     churn_alerts: Any
     anomalies: Any
     churn_commands: Any  # sweep -> the agent that owns the table (timers cannot write tables)
+    profiles: Any  # compacted: a user's interests when they changed materially
     states: Any  # faust Table: user key bytes -> encoded UserState bytes
     partitions: int
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         churn_alerts=app.topic(settings.churn_alerts_topic, **raw),
         anomalies=app.topic(settings.anomalies_topic, **raw),
         churn_commands=app.topic(settings.churn_commands_topic, **raw),
+        profiles=app.topic(settings.profiles_topic, **raw),
         states=states,
         partitions=partitions,
     )

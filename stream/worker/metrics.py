@@ -72,6 +72,7 @@ class WorkerMetrics:
     churn_alerts: int = 0
     churn_returns: int = 0
     anomaly_alerts: int = 0  # messages sent to the anomalies topic
+    profiles: int = 0  # interest profiles sent (published on a material change)
     sweeps: int = 0
     buffered: int = 0  # events waiting in the reorder buffer (gauge)
     redeliveries: int = 0  # events the state already held (at-least-once redelivery)
@@ -98,6 +99,7 @@ class WorkerMetrics:
             "churn_alerts": self.churn_alerts,
             "churn_returns": self.churn_returns,
             "anomaly_alerts": self.anomaly_alerts,
+            "profiles": self.profiles,
             "mean_sweep_ms": round(1000 * self.sweep_seconds / max(self.sweeps, 1), 3),
             "buffered": self.buffered,
             "redeliveries_skipped": self.redeliveries,

@@ -29,7 +29,7 @@ from models.ids import normalize_id
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
 from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_value,
-                           decode_event, encode_predictions, user_key)
+                           decode_event, encode_predictions, encode_profile, user_key)
 from stream.guarantee import record_sender
 from stream.ordering import ReorderBuffer
 from stream.scoring import Scorer, ScoringModel
@@ -67,6 +67,7 @@ class ScoringPipeline:
         self.registry: Any = None  # the Prometheus registry, once the web pages are registered
         self.send_prediction = record_sender(wiring.app, wiring.predictions,
                                              settings.processing_guarantee)
+        self.send_profile = record_sender(wiring.app, wiring.profiles, settings.processing_guarantee)
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
@@ -213,6 +214,9 @@ class ScoringPipeline:
                 self.metrics.late += p.late
                 key = user_key(p.user_id)
                 await send_prediction(key=key, value=value)
+                if p.profile is not None:
+                    self.metrics.profiles += 1
+                    await self.send_profile(key=key, value=encode_profile(p.profile))
                 for msg in p.churn_messages:
                     await self.send_churn(key, msg, p.event.partition, p.user_id, p.churn_risk)
                 for msg in p.anomaly_messages:

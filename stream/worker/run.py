@@ -50,6 +50,7 @@ def run_worker(settings: Settings) -> int:
     import faust
 
     from models.anomaly import AnomalyPolicy
+    from models.interests import InterestPolicy
     from stream.churn import ChurnPolicy
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
@@ -81,8 +82,12 @@ def run_worker(settings: Settings) -> int:
     # reads input records outside faust when some never reached the agent (worker/delivery.py)
     probe = RecordProbe(bootstrap, settings.app_id, kafka_client_options(settings), isolation_level=(
         "read_committed" if settings.processing_guarantee == "exactly_once" else "read_uncommitted"))
-    pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring, top_k=settings.top_k,
-                                                        churn=policy, anomaly=anomaly), probe)
+    interests = InterestPolicy(half_life_ms=settings.interests_half_life_ms,
+                               blend=settings.interests_blend,
+                               publish_threshold=settings.profiles_threshold)
+    scorer = Scorer(scoring, ring_size=ring, top_k=settings.top_k, churn=policy, anomaly=anomaly,
+                    interests=interests)
+    pipeline = ScoringPipeline(settings, wiring, scorer, probe)
     register_agents(wiring, pipeline)
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,

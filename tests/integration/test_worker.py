@@ -54,6 +54,40 @@ def malformed_corpus() -> list[tuple[str, bytes | None, bytes | None, str]]:
     ]
 
 
+def check_profiles(bootstrap: str, settings, msgs: list[dict]) -> None:
+    """The compacted `profiles` topic, read by a plain kafka-python consumer as a downstream
+    system would: one profile per material change, the newest per user still current."""
+    from kafka import KafkaConsumer
+
+    from models.interests import changed_materially
+
+    consumer = KafkaConsumer(settings.profiles_topic, bootstrap_servers=bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             group_id=None, consumer_timeout_ms=5000)
+    records = list(consumer)
+    consumer.close()
+    profiles = [msgpack.unpackb(r.value, raw=False) for r in records]
+    users = {m["user_id"] for m in msgs}
+    assert len(users) <= len(profiles) < len(msgs)  # the first interests, then only changes
+    newest: dict = {}
+    for rec, p in zip(records, profiles):
+        assert rec.key == user_key(p["user_id"])
+        assert set(p) == {"user_id", "interests", "event_ts", "model_version"}
+        assert p["model_version"] == 3 and 1 <= len(p["interests"]) <= 5
+        assert all(0 <= w <= 1 for _, w in p["interests"])
+        newest[p["user_id"]] = p  # one partition per user: in order
+    assert set(newest) == users
+    final, newest_ts = {}, {}
+    for m in msgs:  # a user's predictions are in one partition: consumed in scoring order
+        final[m["user_id"]] = m
+        newest_ts[m["user_id"]] = max(newest_ts.get(m["user_id"], 0), m["event"]["ts"])
+    for u, m in final.items():
+        assert 1 <= len(m["interests"]) <= 5
+        # no material change since the newest profile, or a newer one would have gone out
+        assert not changed_materially(newest[u]["interests"], m["interests"], settings.profiles_threshold)
+        assert newest[u]["event_ts"] <= newest_ts[u]  # as of the newest event time it had seen
+
+
 def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, deployment, checkpoint,
                                                           tmp_path):
     settings = deployment
@@ -108,6 +142,7 @@ def test_predictions_dead_letters_and_state_across_restart(kafka_bootstrap, depl
         for m in msgs:
             last[m["user_id"]] = max(last.get(m["user_id"], 0), m["user_events"])
         assert last == {u: c for u, c in count.items() if c}
+        check_profiles(kafka_bootstrap, settings, msgs)
     finally:
         worker.stop()
 

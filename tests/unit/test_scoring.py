@@ -131,3 +131,44 @@ def test_redelivered_events_are_not_applied_twice():
     assert again == [] and scorer.redeliveries == 2
     assert states[3].n_events == 5
     np.testing.assert_array_equal(states[3].hidden, before)
+
+
+def test_predictions_carry_blended_interests_and_profiles_publish_on_material_change():
+    from models.interests import InterestPolicy, changed_materially
+
+    scorer = Scorer(make_scoring(version=4), ring_size=6, top_k=5,
+                    interests=InterestPolicy(blend=0.3, publish_threshold=0.1))
+    events = events_for(11, 30)
+    states: dict = {}
+    preds = [scorer.score_batch(states, [ev])[0] for ev in events]
+    seen: set = set()
+    published = None
+    for ev, p in zip(events, preds):
+        seen.add(ev.category_id)
+        assert 1 <= len(p.interests) <= 5
+        weights = [w for _, w in p.interests]
+        assert weights == sorted(weights, reverse=True) and all(0 <= w <= 1 for w in weights)
+        assert sum(weights) <= 1 + 1e-6
+        assert all(c in range(10) for c, _ in p.interests)  # raw category ids, as sent
+        assert p.to_message(0)["interests"] == p.interests
+        # a profile goes out exactly when the top interests moved past the threshold
+        assert (p.profile is not None) == changed_materially(published, p.interests, 0.1)
+        if p.profile is not None:
+            assert p.profile == {"user_id": 11, "interests": p.interests, "event_ts": ev.ts,
+                                 "model_version": 4}
+            published = p.interests
+    assert preds[0].profile is not None  # the first interests are news
+    assert 1 < sum(p.profile is not None for p in preds) < len(preds)
+    assert states[11].profile_sent == published
+    # own history only: every category the user ever had competes, the model adds none
+    own = Scorer(make_scoring(), ring_size=6, top_k=5, interests=InterestPolicy(blend=0.0))
+    last = [own.score_batch({}, [ev])[0] for ev in events[:1]][0]
+    assert last.interests == [[events[0].category_id, 1.0]]
+
+
+def test_events_without_categories_have_no_interests_and_publish_nothing():
+    scorer = Scorer(make_scoring(), ring_size=6, top_k=5)
+    events = [Event(12, 100 + i, "click", T0 + i * 1000, topic="click", offset=i) for i in range(4)]
+    preds = scorer.score_batch({}, events)
+    assert [p.interests for p in preds] == [[]] * 4
+    assert all(p.profile is None for p in preds)

@@ -46,3 +46,41 @@ def test_encode_decode_round_trip_and_size():
         (st.anchor_ts, 3, 50, st.n_by_action)
     # bounded: L=50 events with 7-digit ids plus two 64-float vectors
     assert len(data) < 1600, len(data)
+
+
+def _with_interests() -> UserState:
+    st = UserState(user_id="u-1")
+    for t, cat in enumerate([5, 5, "SKU-cat", 7]):
+        insert_event(st, RingEntry(item=t, category=cat if isinstance(cat, int) else -2, action=0,
+                                   ts=1_511_000_000_000 + t * 60_000), 50)
+        st.interests.observe(cat, 1_511_000_000_000 + t * 60_000)
+    st.profile_sent = st.interests.top(5)
+    return st
+
+
+def test_interest_profile_round_trips_under_its_own_key():
+    st = _with_interests()
+    back = decode_state(encode_state(st))
+    assert back.interests.ref_ts == st.interests.ref_ts
+    assert back.interests.mass == pytest.approx(st.interests.mass)
+    assert back.profile_sent == st.profile_sent
+    assert back.interests.top(5) == st.interests.top(5)
+
+
+def test_state_bytes_without_the_interest_key_still_decode():
+    import msgpack
+
+    from stream.state import STATE_FORMAT
+
+    st = _with_interests()
+    old = msgpack.unpackb(encode_state(st), raw=False)
+    assert old["f"] == STATE_FORMAT == 1
+    del old["ip"]  # what a worker from before interest profiles wrote
+    back = decode_state(msgpack.packb(old, use_bin_type=True))
+    assert not back.interests and back.profile_sent is None
+    assert back.ring == st.ring and back.n_events == st.n_events and back.user_id == "u-1"
+    # a user without categories writes no interest key at all
+    plain = UserState(user_id=3)
+    insert_event(plain, RingEntry(item=1, category=-1, action=0, ts=1_511_000_000_000), 50)
+    plain.interests.observe(-1, 1_511_000_000_000)
+    assert "ip" not in msgpack.unpackb(encode_state(plain), raw=False)
