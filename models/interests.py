@@ -22,6 +22,7 @@ catalogue's own ids and the evaluation its int64 keys.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,17 +97,21 @@ class InterestProfile:
             blend: float = DEFAULT_BLEND) -> list[list]:
         """Up to k [category, weight] pairs, heaviest first (ties by the id's text, so int and
         string ids sort together), weights rounded to 6 digits. See the module docstring."""
-        own = self.shares()
-        if not own:
+        total = sum(self.mass.values())
+        if total <= 0:
             return []
         if not model_category_probs or blend <= 0:
-            mixed = own
+            mixed = {c: m / total for c, m in self.mass.items()}
         else:
             b = min(float(blend), 1.0)
-            mixed = {c: (1.0 - b) * s for c, s in own.items()}
+            own_w = (1.0 - b) / total
+            mixed = {c: m * own_w for c, m in self.mass.items()}
             for c, p in model_category_probs.items():
                 if p > 0 and math.isfinite(p):
-                    mixed[c] = mixed.get(c, 0.0) + b * float(p)
+                    mixed[c] = mixed.get(c, 0.0) + b * p
+        if len(mixed) > k:  # on every event: select before sorting; ties at the k-th weight kept
+            kth = heapq.nlargest(k, mixed.values())[-1]
+            mixed = {c: w for c, w in mixed.items() if w >= kth}
         best = sorted(mixed.items(), key=lambda cw: (-cw[1], str(cw[0])))[:k]
         return [[c, round(min(max(w, 0.0), 1.0), 6)] for c, w in best]
 
