@@ -50,6 +50,7 @@ def run_worker(settings: Settings) -> int:
     import faust
 
     from stream.churn import ChurnPolicy
+    from stream.guarantee import fence_commits
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
     from stream.topics import HISTORICAL_TIME_ADVICE, check_copartitioned, historical_time_topics
@@ -82,6 +83,8 @@ def run_worker(settings: Settings) -> int:
     pipeline = ScoringPipeline(settings, wiring, Scorer(scoring, ring_size=ring, top_k=settings.top_k,
                                                         churn=policy), probe)
     register_agents(wiring, pipeline)
+    if settings.processing_guarantee == "exactly_once":
+        fence_commits(wiring.app, pipeline.state_lock)  # a batch never straddles two transactions
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
              bootstrap, partitions, pipeline.scorer.scoring.version, scoring.device, ring)

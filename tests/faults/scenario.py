@@ -164,6 +164,7 @@ class Outcome:
     all_moved_s: float | None  # kill -> every partition the victim owned has a new prediction
     gap_s: float  # the longest time the judge saw no prediction at all (after the first)
     wrong_counts: dict = field(default_factory=dict)  # user -> (max user_events seen, true)
+    missing_sample: list = field(default_factory=list)  # up to 10 sources without a prediction
 
     def line(self, name: str) -> str:
         fmt = lambda s: "n/a" if s is None else f"{s:.1f}"  # noqa: E731
@@ -199,4 +200,5 @@ def judge_outcome(judge: Judge, sources: list[Source], events: list[LogEvent],
     for _, m in msgs:
         seen[m["user_id"]] = max(seen.get(m["user_id"], 0), m["user_events"])
     wrong = {u: (seen.get(u), n) for u, n in true.items() if seen.get(u) != n}
-    return Outcome(len(sent), missing, duplicates, recovery, all_moved, gap, wrong)
+    return Outcome(len(sent), missing, duplicates, recovery, all_moved, gap, wrong,
+                   sorted(sent - set(counts))[:10])
