@@ -65,9 +65,13 @@ class ScoringPipeline:
         self.store = StateStore(wiring.states, self.metrics)
         self.health = Health(self.fetch_watch, lambda: self.metrics.events_in, self.in_flight)
         self.registry: Any = None  # the Prometheus registry, once the web pages are registered
-        self.send_prediction = record_sender(wiring.app, wiring.predictions,
-                                             settings.processing_guarantee)
-        self.send_profile = record_sender(wiring.app, wiring.profiles, settings.processing_guarantee)
+        # under exactly_once each output joins its source partition's transaction (guarantee.py)
+        guarantee = settings.processing_guarantee
+        self.send_prediction = record_sender(wiring.app, wiring.predictions, guarantee)
+        self.send_profile = record_sender(wiring.app, wiring.profiles, guarantee)
+        self._send_anomaly = record_sender(wiring.app, wiring.anomalies, guarantee)
+        self._send_dead_letter = record_sender(wiring.app, wiring.dead_letter, guarantee)
+        self._send_churn = record_sender(wiring.app, wiring.churn_alerts, guarantee)
         # the scoring agent and the churn-command agent both write user state
         self.state_lock = asyncio.Lock()
         # extension points: called after each batch's states are stored (e.g. training-sample
@@ -116,8 +120,8 @@ class ScoringPipeline:
 
     async def send_dead_letter(self, bad: Invalid) -> None:
         self.metrics.dead_letter[bad.reason] += 1
-        await self.wiring.dead_letter.send(key=bad.key, value=dead_letter_value(bad),
-                                           headers=dead_letter_headers(bad))
+        await self._send_dead_letter(key=bad.key, value=dead_letter_value(bad),
+                                     headers=dead_letter_headers(bad), source=(bad.topic, bad.partition))
 
     async def process(self, batch: Sequence[Any]) -> None:
         async with self.state_lock:
@@ -213,16 +217,17 @@ class ScoringPipeline:
             for p, value in zip(predictions, values):
                 self.metrics.late += p.late
                 key = user_key(p.user_id)
-                await send_prediction(key=key, value=value)
+                source = (p.event.topic, p.event.partition)
+                await send_prediction(key=key, value=value, source=source)
                 if p.profile is not None:
                     self.metrics.profiles += 1
-                    await self.send_profile(key=key, value=encode_profile(p.profile))
+                    await self.send_profile(key=key, value=encode_profile(p.profile), source=source)
                 for msg in p.churn_messages:
-                    await self.send_churn(key, msg, p.event.partition, p.user_id, p.churn_risk)
+                    await self.send_churn(key, msg, source, p.user_id, p.churn_risk)
                 for msg in p.anomaly_messages:
                     self.metrics.anomaly_alerts += 1
-                    await self.wiring.anomalies.send(
-                        key=key, value=msgpack.packb(msg, use_bin_type=True), partition=p.event.partition)
+                    await self._send_anomaly(key=key, value=msgpack.packb(msg, use_bin_type=True),
+                                             partition=p.event.partition, source=source)
             self.metrics.predictions += len(predictions)
             self._observe_sent(valid, events, now_ms)
             self.feed.add_predictions(predictions)
@@ -261,15 +266,16 @@ class ScoringPipeline:
 
     # -- churn -----------------------------------------------------------------------------
 
-    async def send_churn(self, key: bytes, msg: dict, partition: int, user_id: int,
+    async def send_churn(self, key: bytes, msg: dict, source: tuple[str, int], user_id: int,
                          risk: float | None = None) -> None:
+        """To churn-alerts' partition of the user (= the source partition: co-partitioned)."""
         if msg["type"] == "churn":
             self.metrics.churn_alerts += 1
         else:
             self.metrics.churn_returns += 1
         self.feed.add_churn(user_id, msg, risk)
-        await self.wiring.churn_alerts.send(key=key, value=msgpack.packb(msg, use_bin_type=True),
-                                            partition=partition)
+        await self._send_churn(key=key, value=msgpack.packb(msg, use_bin_type=True),
+                               partition=source[1], source=source)
 
     async def sweep(self) -> None:
         """Find due users in event time; ask the table's owner to alert them (no table writes)."""

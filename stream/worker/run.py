@@ -52,6 +52,7 @@ def run_worker(settings: Settings) -> int:
     from models.anomaly import AnomalyPolicy
     from models.interests import InterestPolicy
     from stream.churn import ChurnPolicy
+    from stream.guarantee import fence_commits
     from stream.online.wiring import register_online
     from stream.scoring import Scorer
     from stream.topics import HISTORICAL_TIME_ADVICE, check_copartitioned, historical_time_topics
@@ -89,6 +90,8 @@ def run_worker(settings: Settings) -> int:
                     interests=interests)
     pipeline = ScoringPipeline(settings, wiring, scorer, probe)
     register_agents(wiring, pipeline)
+    if settings.processing_guarantee == "exactly_once":
+        fence_commits(wiring.app, pipeline.state_lock)  # a batch never straddles two transactions
     register_online(wiring, pipeline, settings)  # sample capture, trainer, model-updates follower
     log.info("worker %s on %s: %d partitions, model version %d on %s, ring %d", settings.app_id,
              bootstrap, partitions, pipeline.scorer.scoring.version, scoring.device, ring)
