@@ -59,6 +59,9 @@ class Settings:
     churn_inactivity_ms: int = 2 * 24 * 3600 * 1000  # alert after this much event-time silence
     churn_risk_threshold: float = 0.0  # ...when the last churn risk was at least this (0: any)
     churn_sweep_s: float = 5.0  # how often (wall time) the sweep looks for due users
+    # a worker that stops heartbeating (kill -9, a frozen host) loses its partitions after this
+    # long: it bounds recovery time (RELIABILITY.md); heartbeats run in the consumer's own thread
+    session_timeout_s: float = 10.0
     anomaly_alerts: str = "1"  # "0": no abnormal-behaviour alerts (models/anomaly.py defaults)
     # interest profiles (models/interests.py): category counts halve per this much event time,
     # the model's category probabilities get this share of each weight, and a user's profile is
@@ -141,6 +144,8 @@ class Settings:
         return f"{self.app_id}-{self.state_table}-changelog"
 
     def validate(self) -> "Settings":
+        if not 6.0 <= self.session_timeout_s <= 300.0:  # Kafka's default group.min/max.session.timeout.ms
+            raise ConfigError(f"session timeout must be 6..300 s, got {self.session_timeout_s:g}")
         if self.batch_max < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_max}")
         if self.batch_wait_ms < 1:

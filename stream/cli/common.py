@@ -11,7 +11,7 @@ from stream.config import Settings
 SETTING_FLAGS = ("prefix", "broker", "app_id", "data_dir", "model", "device", "batch_max",
                  "batch_wait_ms", "batch_idle_ms", "producer_linger_ms", "top_k", "ring", "processing_guarantee", "web_port", "log_level",
                  "allowed_lateness_ms", "order_grace_ms", "churn_inactivity_ms",
-                 "churn_risk_threshold", "churn_sweep_s", "anomaly_alerts", "online", "web_host",
+                 "churn_risk_threshold", "churn_sweep_s", "session_timeout_s", "anomaly_alerts", "online", "web_host",
                  "interests_half_life_ms", "interests_blend", "profiles_threshold",
                  "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password_file",
                  "ssl_cafile", "ssl_certfile", "ssl_keyfile", "retrieval")

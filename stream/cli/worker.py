@@ -50,6 +50,9 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
                    help="share of each interest weight from the model's category predictions (default 0.3; 0: history only)")
     p.add_argument("--profiles-threshold", type=float, default=None,
                    help="republish a profile when some category's weight moved by more than this (default 0.2)")
+    p.add_argument("--session-timeout-s", type=float, default=None,
+                   help="a worker that stops heartbeating loses its partitions after this long: the "
+                        "recovery time after a crash (default 10; 6..300)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-online", dest="online", action="store_const", const="0", default=None,
                    help="do not learn online (env SEQSTREAM_ONLINE=0); model versions are still followed")

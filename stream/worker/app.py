@@ -55,9 +55,10 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> Wiring:
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
         broker_commit_every=10_000,
         broker_commit_interval=2.0,
-        # model work runs in an executor, but keep a generous margin for slow batches
-        broker_heartbeat_interval=3.0,
-        broker_session_timeout=30.0,
+        # heartbeats run in the consumer's thread, not behind batches; a third of Kafka's advice
+        # (<= 1/3 of the session) leaves two missed heartbeats of slack on a loaded host
+        broker_heartbeat_interval=settings.session_timeout_s / 10.0,
+        broker_session_timeout=settings.session_timeout_s,
         table_standby_replicas=0,
     )
     # Table writes queue their changelog records in faust's producer buffer, which a background
