@@ -2,9 +2,9 @@
 prediction message the worker publishes.
 
 Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
-time, ms since epoch) are required; `category_id`, `session_id`, `price` and `quantity` are
-optional; unknown fields are kept but ignored. `user_id`, `item_id` and `category_id` are
-integers or strings of at most 128 UTF-8 bytes, normalised by models/ids.py (`normalize_id`: a
+time, ms since epoch) are required; `category_id`, `session_id`, `price` (a finite number, not
+negative) and `quantity` are optional; unknown fields are kept but ignored. `user_id`, `item_id`
+and `category_id` are integers or strings of at most 128 UTF-8 bytes, normalised by models/ids.py (`normalize_id`: a
 canonical decimal string is that integer, so "541312140" and 541312140 are one id). The key is
 the canonical user id as text: decimal ASCII for an integer, the UTF-8 string otherwise.
 The topic names the action.
@@ -14,6 +14,7 @@ Predictions go out keyed by the same user key, one msgpack map per scored event
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -188,6 +189,9 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
         price = body.get("price")
         if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))):
             raise _Bad(Reason.BAD_TYPE, f"field 'price' must be a number, got {type(price).__name__}")
+        # NaN, infinities and negative prices are garbage, like negative ids and quantities
+        if price is not None and not 0 <= price < math.inf:
+            raise _Bad(Reason.BAD_TYPE, f"field 'price' must be finite and not negative, got {price}")
     except _Bad as bad:
         return invalid(bad.reason, bad.detail)
     assert user_id is not None and item_id is not None and ts is not None

@@ -56,6 +56,20 @@ def test_invalid_messages_get_their_reason(key, value, reason):
     assert dl["reason"] == reason and dl["value"] == value and dl["topic"] == "click"
 
 
+@pytest.mark.parametrize("price", [float("nan"), float("inf"), float("-inf"), -0.01, -3])
+def test_non_finite_or_negative_price_is_dead_lettered(price):
+    # found by tests/faults/test_fuzz_input.py: these were scored as if the price were real
+    value = pack({"user_id": 1, "item_id": 2, "ts": TS, "price": price})
+    bad = decode_event(b"1", value, topic="cart")
+    assert isinstance(bad, Invalid) and bad.reason == Reason.BAD_TYPE and "price" in bad.detail
+
+
+@pytest.mark.parametrize("price", [0, 0.0, 19.99, 2**64 - 1, 1e308])
+def test_finite_non_negative_price_is_kept(price):
+    ev = decode_event(b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "price": price}), topic="cart")
+    assert isinstance(ev, Event) and ev.price == float(price)
+
+
 def test_unknown_topic_is_rejected():
     bad = decode_event(b"1", pack({"user_id": 1, "item_id": 2, "ts": TS}), topic="views")
     assert isinstance(bad, Invalid) and bad.reason == Reason.UNKNOWN_TOPIC
