@@ -143,10 +143,14 @@ class ScoringPipeline:
     async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
         self.metrics.events_in += len(batch)
+        # read again (stream/worker/delivery.py): a dead letter sent once is not sent twice
+        again = self.fetch_watch.tracker.delivered_before(
+            ((fev.message.topic, fev.message.partition), fev.message.offset) for fev in batch)
         seen_ms = self.fetch_watch.note_batch(batch)
         valid, invalid = self.decode(batch)
         for bad in invalid:
-            await self.send_dead_letter(bad)
+            if ((bad.topic, bad.partition), bad.offset) not in again:
+                await self.send_dead_letter(bad)
         for ev, fev in valid:
             fev.message.incref()  # released by our own ack once scored
             self.reorder.add(ev, fev, seen_ms[(ev.topic, ev.partition)])
