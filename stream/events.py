@@ -30,6 +30,11 @@ MAX_VALUE_BYTES = 64 * 1024
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
 MAX_ID = 2**63 - 1
+# A dead letter must fit in one Kafka message (1 MiB by default, the worker's producer limit)
+# although the record it carries was up to that size itself (key and value): past these bounds
+# it keeps their head. A value over MAX_VALUE_BYTES is dead-lettered whole up to 768 KiB.
+DEAD_LETTER_KEY_BYTES = 64 * 1024
+DEAD_LETTER_VALUE_BYTES = 768 * 1024
 
 
 class Reason:
@@ -206,8 +211,11 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
 
 
 def dead_letter_value(bad: Invalid) -> bytes:
-    """The dead-letter message: the original bytes and the reason, so nothing is lost."""
-    return msgpack.packb({
+    """The dead-letter message: the original bytes and the reason, so nothing is lost. A key or
+    value past its bound (DEAD_LETTER_*_BYTES) is cut to its head, and `key_bytes` /
+    `value_bytes` give the original size; the whole record stays in its input topic, at the
+    topic/partition/offset given."""
+    body: dict[str, Any] = {
         "reason": bad.reason,
         "detail": bad.detail,
         "topic": bad.topic,
@@ -215,7 +223,18 @@ def dead_letter_value(bad: Invalid) -> bytes:
         "offset": bad.offset,
         "key": bad.key,
         "value": bad.value,
-    }, use_bin_type=True)
+    }
+    for name, raw, limit in (("key", bad.key, DEAD_LETTER_KEY_BYTES),
+                             ("value", bad.value, DEAD_LETTER_VALUE_BYTES)):
+        if raw is not None and len(raw) > limit:
+            body[name] = raw[:limit]
+            body[f"{name}_bytes"] = len(raw)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def dead_letter_key(bad: Invalid) -> bytes | None:
+    """The dead-letter record's key: the input's key, or none when it is past its bound."""
+    return bad.key if bad.key is None or len(bad.key) <= DEAD_LETTER_KEY_BYTES else None
 
 
 def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:

@@ -28,8 +28,8 @@ from faust.types import TP
 from models.ids import normalize_id
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
-from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_value,
-                           decode_event, encode_predictions, user_key)
+from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_key,
+                           dead_letter_value, decode_event, encode_predictions, user_key)
 from stream.guarantee import record_sender
 from stream.ordering import ReorderBuffer
 from stream.scoring import Scorer, ScoringModel
@@ -115,7 +115,7 @@ class ScoringPipeline:
 
     async def send_dead_letter(self, bad: Invalid) -> None:
         self.metrics.dead_letter[bad.reason] += 1
-        await self.wiring.dead_letter.send(key=bad.key, value=dead_letter_value(bad),
+        await self.wiring.dead_letter.send(key=dead_letter_key(bad), value=dead_letter_value(bad),
                                            headers=dead_letter_headers(bad))
 
     async def process(self, batch: Sequence[Any]) -> None:
