@@ -4,10 +4,10 @@ prediction message the worker publishes.
 Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
 time, ms since epoch) are required; `category_id`, `session_id`, `price` (a finite number, not
 negative) and `quantity` are optional; unknown fields are kept but ignored. `user_id`, `item_id`
-and `category_id` are integers or strings of at most 128 UTF-8 bytes, normalised by models/ids.py (`normalize_id`: a
-canonical decimal string is that integer, so "541312140" and 541312140 are one id). The key is
-the canonical user id as text: decimal ASCII for an integer, the UTF-8 string otherwise.
-The topic names the action.
+and `category_id` are integers or strings of at most 128 UTF-8 bytes, normalised by
+models/ids.py (`normalize_id`: a canonical decimal string is that integer, so "541312140" and
+541312140 are one id). The key is the canonical user id as text: decimal ASCII for an integer,
+the UTF-8 string otherwise. The topic names the action.
 
 Predictions go out keyed by the same user key, one msgpack map per scored event
 (`Prediction.to_message`, packed by `encode_predictions`).

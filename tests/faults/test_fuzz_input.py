@@ -87,7 +87,8 @@ def generate_records() -> tuple[list[Rec], str]:
     return records, digest.hexdigest()[:16]
 
 
-def produce(bootstrap: str, settings: Settings, records: list[Rec]) -> tuple[list[tuple[Rec, tuple]], list[Rec]]:
+def produce(bootstrap: str, settings: Settings,
+            records: list[Rec]) -> tuple[list[tuple[Rec, tuple]], list[Rec]]:
     """Send the records; returns (record, source) pairs and the records the broker refused (too
     large for a Kafka message: they never reached the worker)."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all",
@@ -160,9 +161,10 @@ def test_fuzzed_records_are_dead_lettered_and_valid_events_predicted(kafka_boots
     preds, dead = outputs[settings.predictions_topic], outputs[settings.dead_letter_topic]
 
     sent_by_cat = Counter(rec.category for rec, _ in sent)
+    cut = sum("value_bytes" in m or "key_bytes" in m for *_, m in dead)
     summary = (f"seed={SEED} examples={EXAMPLES} digest={digest} sent={dict(sent_by_cat)} "
                f"refused_by_broker={Counter(r.category for r in refused)} predictions={len(preds)} "
-               f"dead_letters={len(dead)} cut_to_head={sum('value_bytes' in m or 'key_bytes' in m for *_, m in dead)} "
+               f"dead_letters={len(dead)} cut_to_head={cut} "
                f"largest_sent={max(len(r.value or b'') + len(r.key or b'') for r, _ in sent)} "
                f"generate_s={generated_s:.0f} "
                f"total_s={time.monotonic() - started:.0f}")
