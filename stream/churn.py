@@ -17,8 +17,11 @@ An alerted user who comes back gets a `returned` message, and the alert re-arms.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass, field
+from typing import Iterator
 
+from models.ids import Id
 from models.schema import ACTION_INDEX
 from stream.state import UserState
 
@@ -104,29 +107,32 @@ class PartitionClock:
 class DueIndex:
     """Users that will become due, per partition, ordered by due time (lazy deletion)."""
 
-    heaps: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
-    due: dict[int, int] = field(default_factory=dict)  # user -> current due time
+    # (due time, push number, user): the push number breaks ties, so user ids, which may be
+    # ints and strings side by side (models/ids.py), are never compared with each other
+    heaps: dict[int, list[tuple[int, int, Id]]] = field(default_factory=dict)
+    due: dict[Id, int] = field(default_factory=dict)  # user -> current due time
+    pushes: Iterator[int] = field(default_factory=itertools.count)
 
-    def update(self, partition: int, user_id: int, due_ts: int | None) -> None:
+    def update(self, partition: int, user_id: Id, due_ts: int | None) -> None:
         if due_ts is None:
             self.due.pop(user_id, None)
             return
         if self.due.get(user_id) != due_ts:
             self.due[user_id] = due_ts
-            heapq.heappush(self.heaps.setdefault(partition, []), (due_ts, user_id))
+            heapq.heappush(self.heaps.setdefault(partition, []), (due_ts, next(self.pushes), user_id))
 
-    def pop_due(self, partition: int, clock_ts: int) -> list[int]:
+    def pop_due(self, partition: int, clock_ts: int) -> list[Id]:
         heap = self.heaps.get(partition, [])
         out = []
         while heap and heap[0][0] <= clock_ts:
-            due_ts, user = heapq.heappop(heap)
+            due_ts, _, user = heapq.heappop(heap)
             if self.due.get(user) == due_ts:  # else superseded by a newer event
                 del self.due[user]
                 out.append(user)
         return out
 
     def drop_partition(self, partition: int) -> None:
-        for _, user in self.heaps.pop(partition, []):
+        for _, _, user in self.heaps.pop(partition, []):
             self.due.pop(user, None)
 
     def __len__(self) -> int:

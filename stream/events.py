@@ -2,12 +2,12 @@
 prediction message the worker publishes.
 
 Input values are msgpack maps (see ../shared/DESIGN.md). `user_id`, `item_id` and `ts` (event
-time, ms since epoch) are required; `category_id`, `session_id`, `price` and `quantity` are
-optional; unknown fields are kept but ignored. `user_id`, `item_id` and `category_id` are
-integers or strings of at most 128 UTF-8 bytes, normalised by models/ids.py (`normalize_id`: a
-canonical decimal string is that integer, so "541312140" and 541312140 are one id). The key is
-the canonical user id as text: decimal ASCII for an integer, the UTF-8 string otherwise.
-The topic names the action.
+time, ms since epoch) are required; `category_id`, `session_id`, `price` (a finite number, not
+negative) and `quantity` are optional; unknown fields are kept but ignored. `user_id`, `item_id`
+and `category_id` are integers or strings of at most 128 UTF-8 bytes, normalised by
+models/ids.py (`normalize_id`: a canonical decimal string is that integer, so "541312140" and
+541312140 are one id). The key is the canonical user id as text: decimal ASCII for an integer,
+the UTF-8 string otherwise. The topic names the action.
 
 Predictions go out keyed by the same user key, one msgpack map per scored event
 (`Prediction.to_message`, packed by `encode_predictions`); so do profiles, on the compacted
@@ -15,6 +15,7 @@ Predictions go out keyed by the same user key, one msgpack map per scored event
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -30,6 +31,11 @@ MAX_VALUE_BYTES = 64 * 1024
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
 MAX_ID = 2**63 - 1
+# A dead letter must fit in one Kafka message (1 MiB by default, the worker's producer limit)
+# although the record it carries was up to that size itself (key and value): past these bounds
+# it keeps their head. A value over MAX_VALUE_BYTES is dead-lettered whole up to 768 KiB.
+DEAD_LETTER_KEY_BYTES = 64 * 1024
+DEAD_LETTER_VALUE_BYTES = 768 * 1024
 
 
 class Reason:
@@ -189,6 +195,9 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
         price = body.get("price")
         if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))):
             raise _Bad(Reason.BAD_TYPE, f"field 'price' must be a number, got {type(price).__name__}")
+        # NaN, infinities and negative prices are garbage, like negative ids and quantities
+        if price is not None and not 0 <= price < math.inf:
+            raise _Bad(Reason.BAD_TYPE, f"field 'price' must be finite and not negative, got {price}")
     except _Bad as bad:
         return invalid(bad.reason, bad.detail)
     assert user_id is not None and item_id is not None and ts is not None
@@ -203,8 +212,11 @@ def decode_event(key: bytes | None, value: bytes | None, *, topic: str, partitio
 
 
 def dead_letter_value(bad: Invalid) -> bytes:
-    """The dead-letter message: the original bytes and the reason, so nothing is lost."""
-    return msgpack.packb({
+    """The dead-letter message: the original bytes and the reason, so nothing is lost. A key or
+    value past its bound (DEAD_LETTER_*_BYTES) is cut to its head, and `key_bytes` /
+    `value_bytes` give the original size; the whole record stays in its input topic, at the
+    topic/partition/offset given."""
+    body: dict[str, Any] = {
         "reason": bad.reason,
         "detail": bad.detail,
         "topic": bad.topic,
@@ -212,7 +224,18 @@ def dead_letter_value(bad: Invalid) -> bytes:
         "offset": bad.offset,
         "key": bad.key,
         "value": bad.value,
-    }, use_bin_type=True)
+    }
+    for name, raw, limit in (("key", bad.key, DEAD_LETTER_KEY_BYTES),
+                             ("value", bad.value, DEAD_LETTER_VALUE_BYTES)):
+        if raw is not None and len(raw) > limit:
+            body[name] = raw[:limit]
+            body[f"{name}_bytes"] = len(raw)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def dead_letter_key(bad: Invalid) -> bytes | None:
+    """The dead-letter record's key: the input's key, or none when it is past its bound."""
+    return bad.key if bad.key is None or len(bad.key) <= DEAD_LETTER_KEY_BYTES else None
 
 
 def dead_letter_headers(bad: Invalid) -> list[tuple[str, bytes]]:

@@ -18,8 +18,9 @@ missing `retry_s` later, a probe reads that range straight from Kafka (stream/wo
 outside faust): offsets that hold no record (a transaction marker, an aborted or compacted
 record) are moved past; where records exist, the partition is read again, and again every
 `retry_s` until they arrive: a record that exists is never given up on. Records read again that
-the user state already holds are skipped by scoring (stream/state.py, is_redelivery), so a read
-again costs time, not duplicates.
+the user state already holds are skipped by scoring (stream/state.py, is_redelivery), and
+malformed records that reached the agent before are not dead-lettered again (`delivered_before`),
+so a read again costs time, not duplicates.
 
 Pure bookkeeping: stream/worker/fetch_watch.py feeds it and does the seeking.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Iterable
 
 log = logging.getLogger("seqstream.worker")
 
@@ -73,6 +74,10 @@ class PartitionDelivery:
             else:
                 merged.append([lo, hi])
         self.runs = merged
+
+    def has(self, offset: int) -> bool:
+        """Whether `offset` reached the agent already (below the watermark or in a run)."""
+        return offset < self.watermark or any(lo <= offset < hi for lo, hi in self.runs)
 
     @property
     def hole(self) -> tuple[int, int] | None:
@@ -141,6 +146,20 @@ class DeliveryTracker:
             track = self.partitions[key] = PartitionDelivery(watermark=start, start=start)
         track.deliver(offset)
         track.last_delivery = now
+
+    def delivered_before(self, records: Iterable[tuple[Hashable, int]]) -> set[tuple[Hashable, int]]:
+        """Of the (key, offset) pairs of a batch about to be delivered, in order, those that
+        reached the agent already (a read again, or twice in the batch). Scoring skips such
+        events by the user state; records with no state (dead letters) are skipped by this."""
+        again: set[tuple[Hashable, int]] = set()
+        fresh: set[tuple[Hashable, int]] = set()
+        for key, offset in records:
+            track = self.partitions.get(key)
+            if (key, offset) in fresh or (track is not None and track.has(offset)):
+                again.add((key, offset))
+            else:
+                fresh.add((key, offset))
+        return again
 
     def forget(self, key: Hashable) -> None:
         self.partitions.pop(key, None)

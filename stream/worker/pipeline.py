@@ -28,8 +28,9 @@ from faust.types import TP
 from models.ids import normalize_id
 from stream.churn import DueIndex, PartitionClock, alert_message
 from stream.config import Settings
-from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_value,
-                           decode_event, encode_predictions, encode_profile, user_key)
+from stream.events import (Event, Invalid, Prediction, dead_letter_headers, dead_letter_key,
+                           dead_letter_value, decode_event, encode_predictions, encode_profile,
+                           user_key)
 from stream.guarantee import record_sender
 from stream.ordering import ReorderBuffer
 from stream.scoring import Scorer, ScoringModel
@@ -120,7 +121,7 @@ class ScoringPipeline:
 
     async def send_dead_letter(self, bad: Invalid) -> None:
         self.metrics.dead_letter[bad.reason] += 1
-        await self._send_dead_letter(key=bad.key, value=dead_letter_value(bad),
+        await self._send_dead_letter(key=dead_letter_key(bad), value=dead_letter_value(bad),
                                      headers=dead_letter_headers(bad), source=(bad.topic, bad.partition))
 
     async def process(self, batch: Sequence[Any]) -> None:
@@ -148,10 +149,14 @@ class ScoringPipeline:
     async def _process(self, batch: Sequence[Any]) -> None:
         started = time.perf_counter()
         self.metrics.events_in += len(batch)
+        # read again (stream/worker/delivery.py): a dead letter sent once is not sent twice
+        again = self.fetch_watch.tracker.delivered_before(
+            ((fev.message.topic, fev.message.partition), fev.message.offset) for fev in batch)
         seen_ms = self.fetch_watch.note_batch(batch)
         valid, invalid = self.decode(batch)
         for bad in invalid:
-            await self.send_dead_letter(bad)
+            if ((bad.topic, bad.partition), bad.offset) not in again:
+                await self.send_dead_letter(bad)
         for ev, fev in valid:
             fev.message.incref()  # released by our own ack once scored
             self.reorder.add(ev, fev, seen_ms[(ev.topic, ev.partition)])

@@ -66,6 +66,22 @@ def test_due_index_pops_only_due_users_and_respects_newer_events():
     assert idx.pop_due(1, 10**9) == [] and len(idx) == 0
 
 
+def test_due_index_takes_int_and_string_users_due_at_the_same_time():
+    # found by tests/faults/test_fuzz_input.py: a tie on the due time compared the user ids,
+    # and an int with a str raised TypeError in the batch and in the sweep (the worker crashed)
+    idx = DueIndex()
+    idx.update(0, 7, 100)
+    idx.update(0, "sku-7", 100)
+    idx.update(0, "7a", 100)
+    idx.update(0, 8, 50)
+    assert idx.pop_due(0, 99) == [8]
+    assert sorted(map(str, idx.pop_due(0, 100))) == ["7", "7a", "sku-7"]
+    idx.update(1, "u", 10)
+    idx.update(1, 3, 10)
+    idx.drop_partition(1)
+    assert len(idx) == 0
+
+
 def test_partition_clock_trails_newest_event_and_counts_late_ones():
     clock = PartitionClock(allowed_lateness_ms=100)
     clock.observe(0, 1000)

@@ -158,3 +158,13 @@ def test_deliveries_before_the_committed_offset_is_known_are_rebased_onto_it():
     assert tracker.partitions[other].hole == (5, 6)
     tracker.expect(other, 3)  # a later, lower answer for a tracked partition with no gap below: moves back
     assert tracker.partitions[other].watermark == 3
+
+
+def test_records_read_again_are_told_apart_from_records_never_delivered():
+    # found by tests/faults/test_fuzz_input.py: a read again sent malformed records to
+    # dead-letter a second time (valid ones are skipped by the user state, dead letters had none)
+    tracker = DeliveryTracker()
+    for offset in (0, 1, 2, 5, 6):  # 3 and 4 lost: a hole
+        tracker.deliver(P, offset, committed=0, now=0.0)
+    again = tracker.delivered_before([(P, o) for o in (2, 3, 4, 5, 6, 7)] + [(P, 7), (("cart", 0), 1)])
+    assert again == {(P, 2), (P, 5), (P, 6), (P, 7)}  # 7 twice in the batch: the second copy

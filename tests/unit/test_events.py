@@ -3,8 +3,9 @@ import msgpack
 import pytest
 
 from models.schema import LogEvent
-from stream.events import (MAX_VALUE_BYTES, Event, Invalid, Reason, decode_event, dead_letter_value,
-                           encode_value, input_topic, user_key)
+from stream.events import (MAX_VALUE_BYTES, Event, Invalid, Reason, dead_letter_headers,
+                           dead_letter_key, dead_letter_value, decode_event, encode_value,
+                           input_topic, user_key)
 
 pytestmark = pytest.mark.unit
 
@@ -54,6 +55,40 @@ def test_invalid_messages_get_their_reason(key, value, reason):
     assert bad.key == key and bad.value == value  # nothing is lost
     dl = msgpack.unpackb(dead_letter_value(bad), raw=False)
     assert dl["reason"] == reason and dl["value"] == value and dl["topic"] == "click"
+
+
+@pytest.mark.parametrize("price", [float("nan"), float("inf"), float("-inf"), -0.01, -3])
+def test_non_finite_or_negative_price_is_dead_lettered(price):
+    # found by tests/faults/test_fuzz_input.py: these were scored as if the price were real
+    value = pack({"user_id": 1, "item_id": 2, "ts": TS, "price": price})
+    bad = decode_event(b"1", value, topic="cart")
+    assert isinstance(bad, Invalid) and bad.reason == Reason.BAD_TYPE and "price" in bad.detail
+
+
+@pytest.mark.parametrize("price", [0, 0.0, 19.99, 2**64 - 1, 1e308])
+def test_finite_non_negative_price_is_kept(price):
+    ev = decode_event(b"1", pack({"user_id": 1, "item_id": 2, "ts": TS, "price": price}), topic="cart")
+    assert isinstance(ev, Event) and ev.price == float(price)
+
+
+def test_a_dead_letter_fits_in_one_kafka_message_whatever_it_carries():
+    # found by tests/faults/test_fuzz_input.py: a value just under Kafka's 1 MiB made a dead
+    # letter over it; the worker's producer refused it and the whole batch was lost
+    key, value = bytes(range(256)) * 3600, b"\x93" + bytes(1_048_300)
+    bad = decode_event(key, value, topic="click")
+    assert isinstance(bad, Invalid) and bad.reason == Reason.OVERSIZED
+    record = dead_letter_value(bad)
+    size = len(record) + len(dead_letter_key(bad) or b"") + sum(
+        len(k) + len(v) for k, v in dead_letter_headers(bad))
+    assert size < 1024 * 1024 - 64 * 1024
+    dl = msgpack.unpackb(record, raw=False)
+    assert dl["value_bytes"] == len(value) and value.startswith(dl["value"]) and dl["value"]
+    assert dl["key_bytes"] == len(key) and key.startswith(dl["key"]) and dl["key"]
+    assert dead_letter_key(bad) is None
+    # just over the input limit: carried whole, keyed as it came
+    bad = decode_event(b"7", b"\x93" + bytes(MAX_VALUE_BYTES), topic="click")
+    dl = msgpack.unpackb(dead_letter_value(bad), raw=False)
+    assert dl["value"] == bad.value and "value_bytes" not in dl and dead_letter_key(bad) == b"7"
 
 
 def test_unknown_topic_is_rejected():
