@@ -34,7 +34,8 @@ def test_a_malformed_record_read_again_is_dead_lettered_once():
     dead = FakeTopic()
     wiring = SimpleNamespace(app=SimpleNamespace(topics=[], producer=None, consumer=None),
                              source=None, predictions=FakeTopic(), dead_letter=dead,
-                             churn_alerts=None, churn_commands=None, states={}, partitions=1)
+                             churn_alerts=FakeTopic(), churn_commands=None, states={}, partitions=1,
+                             profiles=FakeTopic(), anomalies=FakeTopic())
     pipeline = ScoringPipeline(settings, wiring, scorer=SimpleNamespace(redeliveries=0))
     click = settings.input_topics[0]
     garbage = [fev(click, 0, o, b"\xc1garbage %d" % o) for o in range(4)]
