@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from models.evaluate.action_lr import action_lr_probs
 from models.evaluate.baselines import BASELINE_NAMES, Ranker, baseline_rankers
 from models.evaluate.churn import DEFAULT_CHURN_HORIZON_S, evaluate_churn
 from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mode, Target, build_eval_data
@@ -137,10 +138,14 @@ def evaluate_data(
         result["models"][name] = ranking_metrics(r, ks)
         curve[name] = [float((r <= k).mean()) if len(r) else math.nan for k in CURVE_KS]
     result["curve"] = {"K": list(CURVE_KS), "recall": curve}
-    # Next action: the prior (train action frequencies) is the baseline every head must beat.
+    # Next action: the prior (train action frequencies) is the floor every head must beat;
+    # action-LR (recent action counts and recency, models/evaluate/action_lr.py) the real bar.
     action: dict[str, Any] = {}
     if len(evaluated):
         action["prior"] = action_metrics(np.tile(data.train_action_freq, (len(evaluated), 1)), next_actions)
+        lr_probs = action_lr_probs(data, evaluated) if include_baselines else None
+        if lr_probs is not None:
+            action["action-LR"] = action_metrics(lr_probs, next_actions)
         for name, parts in probs.items():
             action[name] = action_metrics(cat(parts), next_actions)
     result["action"] = action
@@ -161,7 +166,7 @@ def run_evaluation(
 
     Returns {"target", "mode", "n", "V", "models": {name: {"R@1", "MRR@1", ..., "R@20",
     "MRR@20"}}} plus "curve" (Recall@1..20 per model), "action" (next-action metrics, with the
-    train-frequency "prior" baseline) and "churn" (ROC-AUC/PR-AUC at each user's last train
+    train-frequency "prior" and the "action-LR" baselines) and "churn" (ROC-AUC/PR-AUC at each user's last train
     event; "rf-logreg" baseline). Extra keyword arguments go to `evaluate_data`.
     """
     table = events_iterable if isinstance(events_iterable, EventTable) else EventTable.from_events(events_iterable)
