@@ -31,7 +31,7 @@ from models.evaluate.action_lr import action_lr_probs
 from models.evaluate.baselines import BASELINE_NAMES, Ranker, baseline_rankers
 from models.evaluate.churn import DEFAULT_CHURN_HORIZON_S, evaluate_churn
 from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mode, Target, build_eval_data
-from models.evaluate.metrics import KS, action_metrics, ranking_metrics, ranks_of_targets
+from models.evaluate.metrics import KS, action_after, action_metrics, ranking_metrics, ranks_of_targets
 from models.schema import LogEvent
 
 
@@ -142,12 +142,16 @@ def evaluate_data(
     # action-LR (recent action counts and recency, models/evaluate/action_lr.py) the real bar.
     action: dict[str, Any] = {}
     if len(evaluated):
-        action["prior"] = action_metrics(np.tile(data.train_action_freq, (len(evaluated), 1)), next_actions)
+        last_actions = data.action[evaluated - 1]  # a scored event always has an earlier one
+        heads = {"prior": np.tile(data.train_action_freq, (len(evaluated), 1))}
         lr_probs = action_lr_probs(data, evaluated) if include_baselines else None
         if lr_probs is not None:
-            action["action-LR"] = action_metrics(lr_probs, next_actions)
-        for name, parts in probs.items():
-            action[name] = action_metrics(cat(parts), next_actions)
+            heads["action-LR"] = lr_probs
+        heads.update({name: cat(parts) for name, parts in probs.items()})
+        for name, p in heads.items():
+            action[name] = action_metrics(p, next_actions)
+            if name != "prior":
+                action[name]["after"] = action_after(p, next_actions, last_actions)
     result["action"] = action
     if churn is not None:
         result["churn"] = churn
@@ -174,7 +178,7 @@ def run_evaluation(
     return evaluate_data(data, rankers or {}, mode, ks, **kwargs)
 
 
-_NO_AGG = {"n", "V", "target", "mode", "horizon_s", "calibration", "note"}
+_NO_AGG = {"n", "V", "target", "mode", "horizon_s", "calibration", "note", "after"}
 
 
 def _mean_std(dicts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -90,4 +90,9 @@ def test_evaluate_reports_action_lr_beside_the_prior():
     assert lr["n"] == prior["n"] == res["n"]
     assert lr["auc_purchase"] > 0.9 and prior["auc_purchase"] == 0.5
     assert lr["log_loss"] < prior["log_loss"]
-    assert "next action [action-LR]" in format_table(res)
+    after = lr["after"]  # follows the rule: a cart just before -> a likely purchase
+    assert after["cart"]["obs_purchase"] > 0.5 and after["cart"]["p_purchase"] > 0.5 > after["click"]["p_purchase"]
+    assert after["cart"]["n"] + after["click"]["n"] + after.get("purchase", {"n": 0})["n"] == lr["n"]
+    assert "after" not in prior
+    text = format_table(res)
+    assert "next action [action-LR]" in text and "after a cart" in text
