@@ -40,6 +40,9 @@ DAY_MS = 86_400_000
 DEFAULT_START_TS_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z: fixed, so output is reproducible
 
 CLICK, CART, PURCHASE = 0, 1, 2
+# Bumped whenever generated behaviour changes, so that caches of models trained on generated
+# logs (the demo's) are retrained. 2: actions with dynamics (a cart raises the purchase chance).
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
