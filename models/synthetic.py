@@ -15,6 +15,9 @@ What makes it realistic (shaped after Taobao UserBehavior):
 - a view -> cart -> purchase funnel: carts are of items viewed earlier in the same session,
   purchases of items carted (or else viewed) earlier in the session; the overall mix is about
   92% click, 5.5% cart, 2.3% purchase (Taobao's 89% pv + 3% fav count as clicks here);
+- actions have dynamics, so a next-action model has something to learn: in the few events
+  after a cart a purchase (of the carted item) is 5x likelier, and a long run of views without
+  a cart makes carts and purchases rarer the longer it gets;
 - users revisit items they viewed before (repeat behaviour);
 - churners: a fraction of users stop for good at a random time well before the end, and fade
   out first (their sessions thin out towards their last one, as disengagement looks in real
@@ -37,6 +40,9 @@ DAY_MS = 86_400_000
 DEFAULT_START_TS_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z: fixed, so output is reproducible
 
 CLICK, CART, PURCHASE = 0, 1, 2
+# Bumped whenever generated behaviour changes, so that caches of models trained on generated
+# logs (the demo's) are retrained. 2: actions with dynamics (a cart raises the purchase chance).
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,12 @@ class GeneratorConfig:
     cart_share: float = 0.055
     purchase_share: float = 0.023
     purchase_from_cart: float = 0.6  # purchases of a carted item when the session has one
+    # Action dynamics within a session: for `cart_boost_events` events after a cart a purchase
+    # is `cart_purchase_boost` times likelier (of a carted item); past `browse_run` views in a
+    # row without a cart or purchase, both chances fall as browse_run / run. 1 and 0: i.i.d.
+    cart_purchase_boost: float = 5.0
+    cart_boost_events: int = 3
+    browse_run: int = 10
 
     def validate(self) -> GeneratorConfig:
         if self.users < 1:
@@ -87,6 +99,8 @@ class GeneratorConfig:
             raise ValueError(f"drift_at must be in (0, 1), got {self.drift_at}")
         if self.cart_share + self.purchase_share >= 0.5:
             raise ValueError("cart_share + purchase_share must stay below 0.5")
+        if self.cart_purchase_boost < 1 or self.cart_boost_events < 0 or self.browse_run < 0:
+            raise ValueError("cart_purchase_boost must be >= 1, cart_boost_events and browse_run >= 0")
         if self.session_events < 1:
             raise ValueError(f"session_events must be at least 1, got {self.session_events}")
         return self
@@ -163,6 +177,51 @@ def _ranks_in_group(group_start: np.ndarray, n: int) -> np.ndarray:
 def _sample_categorical_rows(cum: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Per event, the slot of a row-wise categorical (cum: rows x K cumulative, last col = 1)."""
     return np.minimum((cum[rows] < u[:, None]).sum(axis=1), cum.shape[1] - 1)
+
+
+def _simulate_actions(first: np.ndarray, length: np.ndarray, u: np.ndarray, p_cart: float,
+                      p_buy: float, cfg: GeneratorConfig) -> tuple[np.ndarray, float, float]:
+    """One pass of the session dynamics with base chances p_cart, p_buy: the actions, and the
+    expected cart and purchase counts along the path (for calibrating the base chances).
+    Sessions are sorted longest first, so the sessions still running at step j are a prefix."""
+    order = np.argsort(-length, kind="stable")
+    first, length = first[order], length[order]
+    action = np.full(u.shape[0], CLICK, np.int8)
+    since_cart = np.full(len(first), np.iinfo(np.int64).max // 2)  # events since the last cart
+    run = np.ones(len(first))  # views in a row (the session's first event is one)
+    e_cart = e_buy = 0.0
+    R = float(cfg.browse_run)
+    for j in range(1, int(length.max(initial=1))):
+        m = int(np.searchsorted(-length, -j, side="left"))  # sessions longer than j
+        ev = first[:m] + j
+        r, s = run[:m], since_cart[:m]
+        damp = np.minimum(1.0, R / np.maximum(r, 1.0)) if R > 0 else np.ones(m)
+        pc = np.minimum(p_cart * damp, 0.45)
+        pb = np.minimum(p_buy * damp * np.where(s <= cfg.cart_boost_events, cfg.cart_purchase_boost, 1.0), 0.5)
+        uu = u[ev]
+        a = np.where(uu < pc, CART, np.where(uu < pc + pb, PURCHASE, CLICK)).astype(np.int8)
+        action[ev] = a
+        since_cart[:m] = np.where(a == CART, 1, s + 1)
+        run[:m] = np.where(a == CLICK, r + 1, 0)
+        e_cart += float(np.sum(pc))
+        e_buy += float(np.sum(pb))
+    return action, e_cart, e_buy
+
+
+def _session_actions(first: np.ndarray, length: np.ndarray, u: np.ndarray, cfg: GeneratorConfig) -> np.ndarray:
+    """Actions with the session dynamics (GeneratorConfig: cart boost, browsing damp), their
+    base chances rescaled a few times so that the expected mix stays cart_share / purchase_share
+    (the dynamics alone would shift it). Deterministic: the same uniforms `u` every pass."""
+    n = u.shape[0]
+    inner_share = max(1.0 - len(first) / max(n, 1), 1e-9)
+    p_cart, p_buy = cfg.cart_share / inner_share, cfg.purchase_share / inner_share
+    for _ in range(3):
+        _, e_cart, e_buy = _simulate_actions(first, length, u, p_cart, p_buy, cfg)
+        if e_cart <= 0 or e_buy <= 0:
+            break
+        p_cart *= cfg.cart_share * n / e_cart
+        p_buy *= cfg.purchase_share * n / e_buy
+    return _simulate_actions(first, length, u, p_cart, p_buy, cfg)[0]
 
 
 def generate(cfg: GeneratorConfig) -> SyntheticLog:
@@ -250,14 +309,9 @@ def generate(cfg: GeneratorConfig) -> SyntheticLog:
     after = (rel >= drift_rel) if drift_rel is not None else np.zeros(n_events, bool)
 
     # ---- actions: the funnel; a session's first event is always a view -------------------------
-    inner = ~new_session
-    inner_share = max(inner.mean(), 1e-9)
     u = rng.random(n_events)
-    p_cart = cfg.cart_share / inner_share
-    p_buy = cfg.purchase_share / inner_share
-    action = np.full(n_events, CLICK, np.int8)
-    action[inner & (u < p_cart)] = CART
-    action[inner & (u >= p_cart) & (u < p_cart + p_buy)] = PURCHASE
+    sess_first = np.flatnonzero(new_session)
+    action = _session_actions(sess_first, np.diff(np.r_[sess_first, n_events]), u, cfg)
 
     # ---- which item: a fresh draw, or a reference to an earlier event ---------------------------
     idx = np.arange(n_events)
@@ -272,11 +326,13 @@ def generate(cfg: GeneratorConfig) -> SyntheticLog:
     ok = earlier_view >= sess_start_idx
     carts = action == CART
     ref[carts] = np.where(ok[carts], earlier_view[carts], idx[carts])
-    # Purchases: a carted item of this session if any (mostly), else a viewed one.
+    # Purchases: a carted item of this session if any (mostly; always just after a cart), else
+    # a viewed one.
     last_cart = np.maximum.accumulate(np.where(carts, idx, -1))
     prev_cart = np.r_[-1, last_cart[:-1]]
     buys = action == PURCHASE
-    use_cart = (prev_cart >= sess_start_idx) & (rng.random(n_events) < cfg.purchase_from_cart)
+    just_carted = idx - prev_cart <= cfg.cart_boost_events
+    use_cart = (prev_cart >= sess_start_idx) & ((rng.random(n_events) < cfg.purchase_from_cart) | just_carted)
     buy_ref = np.where(use_cart, np.maximum(prev_cart, 0), earlier_view)
     buy_ok = use_cart | ok
     ref[buys] = np.where(buy_ok[buys], buy_ref[buys], idx[buys])

@@ -151,6 +151,23 @@ def action_metrics(probs: npt.ArrayLike, next_actions: npt.ArrayLike) -> dict[st
     return out
 
 
+def action_after(probs: npt.ArrayLike, next_actions: npt.ArrayLike, last_actions: npt.ArrayLike) -> dict[str, dict[str, float]]:
+    """Does a head follow what the user just did? Per previous action (the last context event's):
+    n, the mean predicted P(purchase) and P(cart), and the observed purchase and cart rates."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(next_actions, dtype=np.int64)
+    last = np.asarray(last_actions, dtype=np.int64)
+    out: dict[str, dict[str, float]] = {}
+    for k, name in enumerate(ACTIONS):
+        m = last == k
+        if not m.any():
+            continue
+        out[name] = {"n": int(m.sum()),
+                     **{f"p_{a}": float(p[m, ACTION_INDEX[a]].mean()) for a in ("purchase", "cart")},
+                     **{f"obs_{a}": float((y[m] == ACTION_INDEX[a]).mean()) for a in ("purchase", "cart")}}
+    return out
+
+
 def churn_metrics(scores: npt.ArrayLike, labels: npt.ArrayLike) -> dict[str, float]:
     """Churn head: scores = P(churn), labels 1 = no event within the horizon."""
     y = np.asarray(labels).astype(bool)

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from models.evaluate.action_lr import action_lr_probs
 from models.evaluate.baselines import BASELINE_NAMES, Ranker, baseline_rankers
 from models.evaluate.churn import DEFAULT_CHURN_HORIZON_S, evaluate_churn
 from models.evaluate.data import EventTable, EvalData, FloatArray, IntArray, Mode, Target, build_eval_data
-from models.evaluate.metrics import (KS, action_metrics, metrics_by_history, prior_events, ranking_metrics,
-                                     ranks_of_targets)
+from models.evaluate.metrics import (KS, action_after, action_metrics, metrics_by_history, prior_events,
+                                     ranking_metrics, ranks_of_targets)
 from models.evaluate.interests import evaluate_interests
 from models.schema import LogEvent
 from models.trending import DEFAULT_HALF_LIFE_S
@@ -146,12 +147,20 @@ def evaluate_data(
         result["by_history"][name] = metrics_by_history(r, n_prior)
         curve[name] = [float((r <= k).mean()) if len(r) else math.nan for k in CURVE_KS]
     result["curve"] = {"K": list(CURVE_KS), "recall": curve}
-    # Next action: the prior (train action frequencies) is the baseline every head must beat.
+    # Next action: the prior (train action frequencies) is the floor every head must beat;
+    # action-LR (recent action counts and recency, models/evaluate/action_lr.py) the real bar.
     action: dict[str, Any] = {}
     if len(evaluated):
-        action["prior"] = action_metrics(np.tile(data.train_action_freq, (len(evaluated), 1)), next_actions)
-        for name, parts in probs.items():
-            action[name] = action_metrics(cat(parts), next_actions)
+        last_actions = data.action[evaluated - 1]  # a scored event always has an earlier one
+        heads = {"prior": np.tile(data.train_action_freq, (len(evaluated), 1))}
+        lr_probs = action_lr_probs(data, evaluated) if include_baselines else None
+        if lr_probs is not None:
+            heads["action-LR"] = lr_probs
+        heads.update({name: cat(parts) for name, parts in probs.items()})
+        for name, p in heads.items():
+            action[name] = action_metrics(p, next_actions)
+            if name != "prior":
+                action[name]["after"] = action_after(p, next_actions, last_actions)
     result["action"] = action
     if churn is not None:
         result["churn"] = churn
@@ -173,7 +182,7 @@ def run_evaluation(
     Returns {"target", "mode", "n", "V", "models": {name: {"R@1", "MRR@1", ..., "R@20",
     "MRR@20"}}} plus "by_history" ({name: {bucket: {"n", "R@20", "MRR@20"}}}, buckets "<=1", "2-3",
     ">3" of the target's user's earlier events in the filtered sequence: metrics.HISTORY_BUCKETS), "curve" (Recall@1..20 per model), "action" (next-action metrics, with the
-    train-frequency "prior" baseline) and "churn" (ROC-AUC/PR-AUC at each user's last train
+    train-frequency "prior" and the "action-LR" baselines) and "churn" (ROC-AUC/PR-AUC at each user's last train
     event; "rf-logreg" baseline). Extra keyword arguments go to `evaluate_data`.
     """
     table = events_iterable if isinstance(events_iterable, EventTable) else EventTable.from_events(events_iterable)
@@ -181,7 +190,7 @@ def run_evaluation(
     return evaluate_data(data, rankers or {}, mode, ks, **kwargs)
 
 
-_NO_AGG = {"n", "V", "target", "mode", "horizon_s", "calibration", "note"}
+_NO_AGG = {"n", "V", "target", "mode", "horizon_s", "calibration", "note", "after"}
 
 
 def _mean_std(dicts: list[dict[str, Any]]) -> dict[str, Any]:

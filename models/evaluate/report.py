@@ -32,6 +32,13 @@ def _history_rows(result: dict[str, Any]) -> tuple[list[str], list[tuple[str, li
     return heads, [(name, [_history_cell(m) for m in buckets.values()]) for name, buckets in by.items()]
 
 
+def _after_text(after: dict[str, dict[str, float]]) -> str:
+    """Mean predicted vs observed P(purchase), P(cart) per previous action."""
+    return "; ".join(
+        f"after a {a} (n={d['n']}): P(purchase) {d['p_purchase']:.3f} (seen {d['obs_purchase']:.3f}), "
+        f"P(cart) {d['p_cart']:.3f} (seen {d['obs_cart']:.3f})" for a, d in after.items())
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of one result (one target, one mode)."""
     ks = [k[2:] for k in next(iter(result["models"].values())) if k.startswith("R@") and not k.endswith("_std")]
@@ -55,6 +62,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"next action [{name}] n={m['n']}: AUC purchase {_fmt(m, 'auc_purchase')}, cart {_fmt(m, 'auc_cart')}; "
             f"AP purchase {_fmt(m, 'ap_purchase')}, cart {_fmt(m, 'ap_cart')}; log-loss {_fmt(m, 'log_loss')}"
         )
+        if m.get("after"):
+            lines.append(f"  [{name}] " + _after_text(m["after"]))
     churn = result.get("churn")
     if churn:
         head = f"churn H={churn['horizon_s'] / 3600:g}h n={churn['n']}"
@@ -145,6 +154,9 @@ def write_report(results: list[dict[str, Any]], out_dir: str | Path, title: str 
                 md.append(f"| {name} | {m['n']} | " + " | ".join(
                     _fmt(m, k).strip() for k in ("auc_purchase", "auc_cart", "ap_purchase", "ap_cart", "log_loss")) + " |")
             md.append("")
+            for name, m in action.items():
+                if m.get("after"):
+                    md += [f"{name}: " + _after_text(m["after"]), ""]
             for name, m in action.items():
                 if name == "prior":
                     continue  # a constant: its reliability diagram is a single point per action

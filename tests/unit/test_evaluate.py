@@ -348,7 +348,7 @@ class ActionRanker(ConstantRanker):
 
 def test_model_heads_are_plugged_in():
     res = run_evaluation(HAND, "item", {"m": ActionRanker()}, progress=False, churn_horizon_s=1.0)
-    assert set(res["action"]) == {"prior", "m"} and res["action"]["m"]["n"] == res["n"]
+    assert set(res["action"]) == {"prior", "action-LR", "m"} and res["action"]["m"]["n"] == res["n"]
     assert "m" in res["churn"]["models"] and "rf-logreg" in res["churn"]["models"]
 
 

@@ -71,6 +71,34 @@ def test_carts_and_purchases_follow_a_view_in_the_session(log: SyntheticLog) -> 
             assert (ev.session_id, ev.item_id) in viewed
 
 
+def _dynamics(log: SyntheticLog) -> dict[str, float]:
+    """Per inner session event: P(purchase) within 3 events of a cart and otherwise, P(cart)
+    after 20+ views in a row and overall."""
+    o = np.lexsort((np.arange(len(log)), log.ts_ms, log.user_id))
+    a, s = log.action[o], log.session_id[o]
+    idx = np.arange(len(a))
+    inner = np.r_[False, s[1:] == s[:-1]]
+    sess_start = np.maximum.accumulate(np.where(~inner, idx, 0))
+    prev_cart = np.r_[-1, np.maximum.accumulate(np.where(a == 1, idx, -1))[:-1]]
+    carted = inner & (prev_cart >= sess_start) & (idx - prev_cart <= 3)
+    prev_other = np.r_[-1, np.maximum.accumulate(np.where(a != 0, idx, -1))[:-1]]
+    browsing = inner & (idx - np.maximum(prev_other + 1, sess_start) >= 20) & ~carted
+    return {"buy_after_cart": float((a[carted] == 2).mean()), "buy_else": float((a[inner & ~carted] == 2).mean()),
+            "cart_browsing": float((a[browsing] == 1).mean()), "cart_inner": float((a[inner] == 1).mean())}
+
+
+def test_actions_react_to_carts_and_browsing(log: SyntheticLog) -> None:
+    d = _dynamics(log)
+    assert d["buy_after_cart"] > 3 * d["buy_else"]  # configured: 5x for 3 events
+    assert d["cart_browsing"] < 0.7 * d["cart_inner"]  # 20+ views: at most half the base chance
+    # switched off, actions are i.i.d. again (same mix)
+    flat = generate(GeneratorConfig(**{**CFG.__dict__, "cart_purchase_boost": 1.0, "browse_run": 0}))
+    f = _dynamics(flat)
+    assert f["buy_after_cart"] < 2 * f["buy_else"] and f["cart_browsing"] > 0.7 * f["cart_inner"]
+    share = np.bincount(flat.action, minlength=3) / len(flat)
+    assert share == pytest.approx(np.bincount(log.action, minlength=3) / len(log), abs=0.005)
+
+
 def test_sessions_are_bursts_and_users_come_back(log: SyntheticLog) -> None:
     by_user = np.lexsort((log.ts_ms, log.user_id))
     u, ts, s = log.user_id[by_user], log.ts_ms[by_user], log.session_id[by_user]
@@ -142,7 +170,8 @@ def test_events_and_truth(log: SyntheticLog, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("kw", [{"users": 0}, {"events": 5, "users": 10}, {"items": 10, "categories": 20},
-                                {"churn_fraction": 1.0}, {"drift_at": 1.5}])
+                                {"churn_fraction": 1.0}, {"drift_at": 1.5},
+                                {"cart_purchase_boost": 0.5}, {"browse_run": -1}])
 def test_bad_config(kw: dict) -> None:
     with pytest.raises(ValueError):
         generate(GeneratorConfig(**kw))
