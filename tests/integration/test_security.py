@@ -22,6 +22,7 @@ from stream.broker.embedded import EmbeddedBroker
 from stream.broker.install import BrokerError
 from stream.broker.process import free_port
 from stream.config import Settings
+from stream.topics import topic_specs
 from tests.integration.workers import REPO, WorkerProcess, untrained_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -134,7 +135,8 @@ def test_sasl_end_to_end_and_wrong_password(sasl_broker: EmbeddedBroker, tmp_pat
     # -- the right password: from the environment, and from a file
     res = _seqstream("topics", "create", "--partitions", "2", "--app-id", app_id, *common, env=file_env)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "created 10 topics" in res.stdout and PASSWORD not in res.stdout + res.stderr
+    every_topic = len(topic_specs(Settings(prefix=prefix, app_id=app_id), 2))
+    assert f"created {every_topic} topics" in res.stdout and PASSWORD not in res.stdout + res.stderr
     res = _seqstream("replay", str(log_file), "--format", "jsonl", "--speed", "max", "--no-progress",
                      *common, env=good_env)
     assert res.returncode == 0, res.stdout + res.stderr
