@@ -314,6 +314,7 @@ class ScoringPipeline:
                 return  # the user came back (or was alerted) since the sweep looked
             st.churn_alerted = True
             self.store.put(key, st)
+            # the command's own partition: its offset commits in that transaction (exactly_once)
             await self.send_churn(key, alert_message(st, self.scorer.churn,
                                                      self.scorer.scoring.version),
-                                  fev.message.partition, user_id)
+                                  (fev.message.topic, fev.message.partition), user_id)

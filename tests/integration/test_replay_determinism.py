@@ -81,7 +81,11 @@ def assert_same_predictions(a: list[dict], b: list[dict]) -> None:
         # identical apart from wall-clock fields; float scores may differ in the last bits
         # because batches of different sizes take different BLAS paths
         assert m["user_events"] == other["user_events"] and m["late"] == other["late"]
-        assert [i for i, _ in m["next_items"][:10]] == [i for i, _ in other["next_items"][:10]]
+        # the same ranking, except that items whose scores tie within that tolerance may swap
+        mine, theirs = dict(m["next_items"]), dict(other["next_items"])
+        for (i, si), (j, sj) in zip(m["next_items"][:10], other["next_items"][:10]):
+            assert i == j or abs(si - sj) <= 1e-4 and abs(mine[i] - mine.get(j, -1e9)) <= 2e-4, \
+                (m["next_items"][:10], other["next_items"][:10])
         np.testing.assert_allclose([s for _, s in m["next_items"]],
                                    [s for _, s in other["next_items"]], atol=1e-4)
         for action, p in m["next_action"].items():
@@ -106,7 +110,8 @@ def test_replays_are_deterministic_and_alerts_find_churners(kafka_bootstrap, log
     # event time, not arrival: every user's predictions count their events in order
     for preds in (fast_preds, paced_preds):
         assert not any(m["late"] for m in preds)
-    assert sorted(map(alert_key, fast_alerts)) == sorted(map(alert_key, paced_alerts))
+    fast_keys, paced_keys = sorted(map(alert_key, fast_alerts)), sorted(map(alert_key, paced_alerts))
+    assert fast_keys == paced_keys, (set(fast_keys) ^ set(paced_keys), len(fast_keys), len(paced_keys))
 
     # churn: every churner quiet for the inactivity window (by the end of the log) is alerted;
     # a user with an open alert (no `returned` after it) is quiet at the end of the log
