@@ -42,6 +42,11 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
         if pipeline.reorder.size:
             await pipeline.release_ready()
 
+    @app.task
+    async def hand_back_on_rebalance() -> None:
+        # patched once the app runs (app.consumer created earlier would turn transactions off)
+        pipeline.fetch_watch.hand_back_before_waiting(pipeline.hand_back)
+
     @app.on_partitions_assigned.connect
     async def assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001
         await pipeline.on_assigned(assigned)

@@ -221,6 +221,19 @@ class FetchWatch:
             for message in messages:
                 unacked.discard(message)
 
+    def hand_back_before_waiting(self, hand_back: Callable[[], None]) -> None:
+        """Call `hand_back` whenever faust is about to wait for in-progress messages to be acked
+        (a revocation, a stop): events parked in our reorder buffer would otherwise hold that
+        wait forever, and the worker would be evicted after a long gap."""
+        consumer = self.wiring.app.consumer
+        wait_empty = consumer.wait_empty
+
+        async def wait_empty_after_hand_back() -> None:
+            hand_back()
+            await wait_empty()
+
+        consumer.wait_empty = wait_empty_after_hand_back
+
     def stop_waiting(self) -> None:
         """Shutdown's patience is over: faust's stop waits for no more acks (what is still unacked
         stays uncommitted, so the partition's next owner reads it again)."""

@@ -174,6 +174,13 @@ class ScoringPipeline:
         # whatever is still unacked after STOP_WAIT_S; it stays uncommitted and is read again
         asyncio.get_running_loop().call_later(STOP_WAIT_S, self.fetch_watch.stop_waiting)
 
+    def hand_back(self) -> None:
+        """A rebalance is about to wait for every message in progress to be acked: hand back the
+        events parked in the reorder buffer (unscored, unacked, off faust's list), or the wait
+        would never end with the flow stopped. Partitions this worker keeps are read again from
+        their committed offsets after the rebalance (recovery seeks there)."""
+        self._hand_back()
+
     def _hand_back(self) -> None:
         dropped = self.reorder.drop_partitions(set(range(self.wiring.partitions)))
         self.metrics.buffered = self.reorder.size
