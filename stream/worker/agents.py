@@ -43,9 +43,10 @@ def register_agents(wiring: Wiring, pipeline: ScoringPipeline, *, report_every_s
             await pipeline.release_ready()
 
     @app.task
-    async def hand_back_on_rebalance() -> None:
+    async def patch_consumer() -> None:
         # patched once the app runs (app.consumer created earlier would turn transactions off)
         pipeline.fetch_watch.hand_back_before_waiting(pipeline.hand_back)
+        pipeline.fetch_watch.guard_commits()
 
     @app.on_partitions_assigned.connect
     async def assigned(app_, assigned, **kwargs) -> None:  # noqa: ANN001

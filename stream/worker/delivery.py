@@ -45,6 +45,10 @@ class PartitionDelivery:
     rereads: int = 0  # reads again from this watermark so far
     last_reread: float = float("-inf")
     probing: bool = False  # a probe of the missing range is out
+    empty: list[tuple[int, int]] = field(default_factory=list)  # [lo, hi) a probe found no record in
+
+    def holds_no_record(self, offset: int) -> bool:
+        return any(lo <= offset < hi for lo, hi in self.empty)
 
     def deliver(self, offset: int) -> None:
         if offset < self.watermark:
@@ -95,6 +99,7 @@ class PartitionDelivery:
     def skip_to(self, offset: int) -> None:
         """The offsets below `offset` hold no record: move the watermark past them."""
         if offset > self.watermark:
+            self.empty = self.empty[-7:] + [(self.watermark, offset)]  # the recent ones suffice
             self.watermark = offset
             self.rereads, self.last_reread = 0, float("-inf")
         self._absorb_runs()
@@ -160,6 +165,12 @@ class DeliveryTracker:
             else:
                 fresh.add((key, offset))
         return again
+
+    def holds_no_record(self, key: Hashable, offset: int) -> bool:
+        """Whether a probe found that `offset` holds no record (a transaction marker, an
+        aborted record): a commit may pass it without its being acked."""
+        track = self.partitions.get(key)
+        return track is not None and track.holds_no_record(offset)
 
     def forget(self, key: Hashable) -> None:
         self.partitions.pop(key, None)

@@ -234,6 +234,32 @@ class FetchWatch:
 
         consumer.wait_empty = wait_empty_after_hand_back
 
+    def guard_commits(self) -> None:
+        """Never commit past an input offset that is neither acked nor known to hold no record.
+
+        faust's `_new_offset` lets a commit skip one unacked offset at the head (it reads its
+        committed offset, the next offset to read, as the last one processed): a record in
+        progress, handed back by a rebalance, or lost by the fetcher at exactly the committed
+        offset is committed past, and lost if the worker dies before it is acked (kill -9
+        at-least-once lost 1-2 of 1,500 events in 2 of 4 runs). The head offset may pass only
+        when acked, in faust's gap list, or found empty by the delivery tracker's probe (a
+        transaction marker right after a seek: then the commit waits about a second)."""
+        consumer = self.wiring.app.consumer
+        new_offset = consumer._new_offset
+        inputs = set(self.input_topics)
+
+        def new_offset_after_head(tp: TP) -> int | None:
+            committed = consumer._committed_offset.get(tp)
+            if committed is not None and tp.topic in inputs and consumer._acked.get(tp):
+                head_done = (committed in consumer._acked_index[tp]
+                             or consumer._gap[tp].overlaps(committed)
+                             or self.tracker.holds_no_record(tp, committed))
+                if not head_done:
+                    return None
+            return new_offset(tp)
+
+        consumer._new_offset = new_offset_after_head
+
     def stop_waiting(self) -> None:
         """Shutdown's patience is over: faust's stop waits for no more acks (what is still unacked
         stays uncommitted, so the partition's next owner reads it again)."""
